@@ -1,0 +1,113 @@
+"""The values that cross the engine's seams: jobs going in, events coming out.
+
+All are frozen dataclasses made of plain values, so they pickle across the replica processes and the Redis
+queue unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of a conversation."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenParams:
+    """Sampling settings of one generation. ``temperature == 0`` is greedy decoding."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+    seed: int = -1  # -1: a new random seed per job
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A conversation to answer. The engine adds the system prompt and trims old turns to fit the context.
+
+    ``params=None`` takes the engine's configured defaults. ``dedup_key`` (e.g. a platform event id) makes a
+    second submit of the same event raise ``DuplicateJob``.
+    """
+
+    turns: tuple[Turn, ...]
+    params: GenParams | None = None
+    platform: str = "cli"
+    dedup_key: str | None = None
+    system_prompt: str | None = None  # None: the SYSTEM_PROMPT setting
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def ask(cls, text: str, **kwargs: object) -> Job:
+        """A one-question job."""
+        return cls(turns=(Turn("user", text),), **kwargs)  # type: ignore[arg-type]
+
+
+# ---- events streamed back for one job, in this order: Queued*, Started, TextPiece*, then Done or Failed ----
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The job waits; ``position`` 1 is next. Sent on submit and again whenever the position changes."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A replica took the job. ``prompt_tokens`` counts the prompt after history trimming."""
+
+    worker: int
+    queue_wait_s: float
+    prompt_tokens: int
+    dropped_turns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TextPiece:
+    """Newly generated text (one token or a few)."""
+
+    text: str
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The answer is complete."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    queue_wait_s: float = 0.0
+    time_to_first_token_s: float = 0.0
+    duration_s: float = 0.0
+
+
+FailureKind = Literal["timeout", "crashed", "cancelled", "prompt_too_long", "load_failed", "shutdown", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The job ended without an answer. ``reason`` is fit to show to the user; ``partial`` is any text made."""
+
+    kind: FailureKind
+    reason: str
+    partial: str = ""
+
+
+Event = Queued | Started | TextPiece | Done | Failed
+FINAL_EVENTS = (Done, Failed)
