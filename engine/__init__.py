@@ -12,6 +12,7 @@ __all__ = [
     "GenParams",
     "Job",
     "QueueFull",
+    "Queued",
     "Started",
     "TextPiece",
     "Turn",

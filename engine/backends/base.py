@@ -33,8 +33,8 @@ class Backend(Protocol):
         """Load the model file; raise ``ModelFileError`` with a clear message if it cannot be read."""
         ...
 
-    def tokenize(self, text: str) -> list[int]:
-        """Tokens of a prompt (special tokens in the text are parsed, a BOS is added if the model wants one)."""
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Tokens of a prompt. Special tokens in the text are parsed; ``add_bos`` adds a BOS if the model has one."""
         ...
 
     def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:

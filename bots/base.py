@@ -1,0 +1,198 @@
+"""What every adapter shares: user-facing texts, rate limits, access lists, and streaming a reply by editing.
+
+An adapter turns a platform event into a ``Job``, calls ``answer()`` with a ``Sink`` that can post and edit
+messages on its platform, and is done: ``answer`` guarantees exactly one final reply per accepted job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bots.text import _cut
+from engine.engine import JobHandle, JobSubmitter
+from engine.errors import DuplicateJob, EngineClosed, QueueFull
+from engine.types import Done, Failed, Job, Queued, TextPiece, Turn
+
+log = logging.getLogger("engbot.bots")
+
+
+class Messages:
+    """Every text the bot says about itself, in one place."""
+
+    HELP = ("Hi! Ask me anything: mention me with your question, e.g. `@engbot What is a closure in Python?` "
+            "I answer in the thread, and follow-ups in the thread continue the conversation.")
+    THINKING = "_Thinking…_"
+    QUEUED = "_Waiting for a free model worker: position {position} in the queue…_"
+    BUSY = "I'm busy with other questions right now: please try again in a moment."
+    RATE_LIMITED = "You're asking faster than I can answer: please wait {seconds} s and try again."
+    EMPTY_ANSWER = "_(The model gave an empty answer. Try rephrasing the question.)_"
+    FAILED = "⚠️ Sorry, something went wrong while answering. The error has been logged."
+    TIMEOUT = "⚠️ Sorry, the answer took too long and was stopped ({reason})."
+    PROMPT_TOO_LONG = "⚠️ {reason}"
+    SHUTDOWN = "⚠️ I'm restarting and had to stop this answer: please ask again in a moment."
+    CRASHED = "⚠️ The model worker crashed while answering. It has been restarted: please ask again."
+    UNAVAILABLE = "⚠️ The bot is unavailable right now: please try again in a moment."
+    NO_TEXT = "I can only read text: please type your question (files and images are not supported)."
+    CURSOR = " ▌"
+
+
+def failure_text(event: Failed) -> str:
+    """The reply that replaces an answer that failed. Internal details stay in the log."""
+    if event.kind == "timeout":
+        return Messages.TIMEOUT.format(reason=event.reason)
+    if event.kind == "prompt_too_long":
+        return Messages.PROMPT_TOO_LONG.format(reason=event.reason)
+    if event.kind == "shutdown":
+        return Messages.SHUTDOWN
+    if event.kind == "crashed":
+        return Messages.CRASHED
+    return Messages.FAILED
+
+
+class RateLimiter:
+    """At most ``limit`` requests per user in a sliding window of ``period_s`` seconds; 0 disables it.
+
+    Not asyncio-throttle: its Throttler makes callers wait for a slot, and a chat user over the limit must get a
+    notice at once instead of a delayed answer.
+    """
+
+    def __init__(self, limit: int, period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.period_s, self._clock = limit, period_s, clock
+        self._hits: dict[str, deque[float]] = {}
+
+    def check(self, user: str) -> float:
+        """Record a request; 0 if allowed, else the seconds until the user may ask again."""
+        if self.limit <= 0:
+            return 0.0
+        now = self._clock()
+        hits = self._hits.setdefault(user, deque())
+        while hits and now - hits[0] >= self.period_s:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return max(0.1, self.period_s - (now - hits[0]))
+        hits.append(now)
+        if len(self._hits) > 10_000:  # forget idle users
+            self._hits = {u: h for u, h in self._hits.items() if h and now - h[-1] < self.period_s}
+        return 0.0
+
+
+def allowed(value: str | None, allow_list: frozenset[str]) -> bool:
+    """Empty allow-list: everyone."""
+    return not allow_list or (value is not None and value in allow_list)
+
+
+class Sink(Protocol):
+    """Where a reply goes: one conversation on one platform."""
+
+    async def post(self, text: str) -> str:
+        """Post a new message in the conversation; return its id."""
+        ...
+
+    async def edit(self, message_id: str, text: str) -> None:
+        """Replace the text of a message the bot posted."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStyle:
+    limit: int  # characters of model text per message (leave room for rendering to grow it)
+    edit_interval_s: float = 1.0
+    render: Callable[[str], str] = lambda text: text
+
+
+def submit(engine: JobSubmitter, job: Job) -> JobHandle | str:
+    """Submit, or say why not: the returned string is the reply to give at once."""
+    try:
+        return engine.submit(job)
+    except QueueFull:
+        return Messages.BUSY
+    except EngineClosed:
+        return Messages.UNAVAILABLE
+    except DuplicateJob:
+        return ""  # the platform sent the event twice: the first copy is being answered
+
+
+async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: StreamStyle) -> Done | Failed:
+    """Stream a job's answer into ``message_id`` (a placeholder), editing at most once per interval and
+    continuing in new messages past ``style.limit``. Ends with exactly one final edit; returns the final event.
+    """
+    current = ""  # model text shown in the current message
+    shown = ""  # what the current message shows now
+    last_edit = 0.0
+    ids = [message_id]
+
+    async def show(text: str, *, force: bool = False) -> None:
+        nonlocal shown, last_edit
+        now = time.monotonic()
+        if text == shown or (not force and now - last_edit < style.edit_interval_s):
+            return
+        try:
+            await sink.edit(ids[-1], text)
+            shown, last_edit = text, now
+        except Exception:
+            log.exception("editing a reply failed")
+            if force:  # the final text must arrive: post it instead
+                ids.append(await sink.post(text))
+                shown = text
+
+    async for event in handle:
+        if isinstance(event, TextPiece):
+            current += event.text
+            while len(current) > style.limit:
+                cut, reopen = _cut(current, style.limit)
+                head = current[:cut].rstrip() + ("\n```" if reopen else "")
+                await show(style.render(head), force=True)
+                current = reopen + current[cut:].lstrip(" \n" if not reopen else "")
+                ids.append(await sink.post(style.render(current) + Messages.CURSOR if current.strip()
+                                           else Messages.THINKING))
+                shown, last_edit = "", time.monotonic()
+            if current.strip():
+                await show(style.render(current) + Messages.CURSOR)
+        elif isinstance(event, Queued):
+            if not current:
+                await show(Messages.QUEUED.format(position=event.position))
+        elif isinstance(event, Done):
+            text = style.render(current) if current.strip() else Messages.EMPTY_ANSWER
+            await show(text, force=True)
+            return event
+        elif isinstance(event, Failed):
+            if event.kind not in ("cancelled",) and event.kind not in ("prompt_too_long",):
+                log.warning("job %s failed: %s: %s", handle.job.id[:8], event.kind, event.reason)
+            note = failure_text(event)
+            await show(f"{style.render(current)}\n\n{note}" if current.strip() else note, force=True)
+            return event
+    raise AssertionError("unreachable: every job ends with Done or Failed")
+
+
+def conversation(messages: Iterable[tuple[bool, str]], max_chars: int = 24_000) -> tuple[Turn, ...]:
+    """Turns from a thread's messages, oldest first, as (from_the_bot, text) pairs.
+
+    Keeps the newest messages within ``max_chars`` (the engine trims to the exact token budget), merges
+    consecutive messages of one side, and drops empty ones.
+    """
+    turns: list[Turn] = []
+    for from_bot, text in messages:
+        text = text.strip()
+        if not text:
+            continue
+        role = "assistant" if from_bot else "user"
+        if turns and turns[-1].role == role:
+            turns[-1] = Turn(role, f"{turns[-1].content}\n\n{text}")
+        else:
+            turns.append(Turn(role, text))
+    kept: list[Turn] = []
+    total = 0
+    for turn in reversed(turns):
+        total += len(turn.content)
+        if kept and total > max_chars:
+            break
+        kept.append(turn)
+    kept.reverse()
+    while kept and kept[0].role != "user":
+        kept.pop(0)
+    return tuple(kept)

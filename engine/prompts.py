@@ -1,0 +1,120 @@
+"""Chat templates and the token budget.
+
+A template turns a conversation into one prompt string plus the strings that end the answer. The GGUF file's own
+Jinja template is used where there is one (rendered the way llama-cpp-python's chat completion renders it, so
+the engine answers exactly as the library would); built-in templates cover files without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from engine.errors import ConfigError, PromptTooLong
+from engine.types import Turn
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    prompt: str
+    stop: tuple[str, ...]
+    add_bos: bool  # whether the tokenizer should still add BOS (the template did not write it)
+
+
+Template = Callable[[Sequence[Turn]], Rendered]
+
+
+def chatml(turns: Sequence[Turn]) -> Rendered:
+    body = "".join(f"<|im_start|>{t.role}\n{t.content}<|im_end|>\n" for t in turns)
+    return Rendered(body + "<|im_start|>assistant\n", ("<|im_end|>", "<|im_start|>"), add_bos=False)
+
+
+def oasst(turns: Sequence[Turn]) -> Rendered:
+    """The Pythia OpenAssistant format: ``<|prompter|>{text}<|endoftext|><|assistant|>``."""
+    tags = {"system": "<|system|>", "user": "<|prompter|>", "assistant": "<|assistant|>"}
+    body = "".join(f"{tags[t.role]}{t.content}<|endoftext|>" for t in turns)
+    return Rendered(body + "<|assistant|>", ("<|endoftext|>", "<|prompter|>"), add_bos=False)
+
+
+def llama2(turns: Sequence[Turn]) -> Rendered:
+    system = "".join(t.content for t in turns if t.role == "system")
+    parts: list[str] = []
+    first = True
+    for t in turns:
+        if t.role == "user":
+            text = f"<<SYS>>\n{system}\n<</SYS>>\n\n{t.content}" if first and system else t.content
+            parts.append(f"<s>[INST] {text} [/INST]")
+            first = False
+        elif t.role == "assistant":
+            parts.append(f" {t.content} </s>")
+    return Rendered("".join(parts), ("[INST]", "</s>"), add_bos=False)
+
+
+def plain(turns: Sequence[Turn]) -> Rendered:
+    names = {"system": "", "user": "User: ", "assistant": "Assistant: "}
+    body = "".join(f"{names[t.role]}{t.content}\n\n" for t in turns)
+    return Rendered(body + "Assistant:", ("\nUser:",), add_bos=True)
+
+
+BUILTIN: dict[str, Template] = {"chatml": chatml, "oasst": oasst, "llama2": llama2, "plain": plain}
+
+
+def jinja_template(source: str, bos_token: str, eos_token: str) -> Template:
+    """A GGUF file's own template, rendered with llama-cpp-python's formatter (a sandboxed Jinja environment)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(template=source, eos_token=eos_token, bos_token=bos_token)
+
+    def render(turns: Sequence[Turn]) -> Rendered:
+        result = formatter(messages=[{"role": t.role, "content": t.content} for t in turns])  # type: ignore[misc]
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return Rendered(result.prompt, tuple(s for s in stop if s), add_bos=not result.added_special)
+
+    return render
+
+
+def choose_template(
+    setting: str, architecture: str, file_template: str | None, bos_token: str, eos_token: str
+) -> tuple[str, Template]:
+    """The template a model uses, by the PROMPT_TEMPLATE setting: (its name, the function)."""
+    if setting == "auto":
+        setting = "gguf" if file_template else "oasst" if architecture in ("gpt_neox", "dolly-v2") else "chatml"
+    if setting == "gguf":
+        if not file_template:
+            raise ConfigError("PROMPT_TEMPLATE", "gguf", "the model file has no chat template; "
+                              "use auto, " + ", ".join(BUILTIN))
+        return "gguf", jinja_template(file_template, bos_token, eos_token)
+    return setting, BUILTIN[setting]
+
+
+def fit_prompt(
+    template: Template,
+    tokenize: Callable[[str, bool], list[int]],
+    system_prompt: str,
+    turns: Sequence[Turn],
+    budget: int,
+) -> tuple[list[int], tuple[str, ...], int]:
+    """Tokens of the longest recent part of the conversation that fits ``budget`` tokens.
+
+    Drops the oldest turns first (never the newest); a conversation always starts with a user turn. Returns the
+    tokens, the stop strings and how many turns were dropped. Raises ``PromptTooLong`` if the newest message
+    alone does not fit.
+    """
+    if not turns:
+        raise ValueError("a job needs at least one turn")
+    system = (Turn("system", system_prompt),) if system_prompt else ()
+    start = 0
+    while True:
+        kept = list(turns[start:])
+        while len(kept) > 1 and kept[0].role != "user":
+            kept.pop(0)
+        rendered = template([*system, *kept])
+        tokens = tokenize(rendered.prompt, rendered.add_bos)
+        if len(tokens) <= budget:
+            return tokens, rendered.stop, len(turns) - len(kept)
+        if len(kept) <= 1:
+            raise PromptTooLong(
+                f"the message is too long for this model: about {len(tokens)} tokens, and at most {budget} "
+                "fit with room for the answer. Please shorten it."
+            )
+        start = len(turns) - len(kept) + 1

@@ -1,0 +1,106 @@
+"""Every bad setting stops start-up with a message naming the variable, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import EngineSettings, load_environ, mask
+from engine.errors import ConfigError
+
+BAD = [
+    ({"NUM_WORKERS": "0"}, "NUM_WORKERS", "from 1 to 64"),
+    ({"NUM_WORKERS": "two"}, "NUM_WORKERS", "whole number"),
+    ({"NUM_THREADS": "-1"}, "NUM_THREADS", "from 1"),
+    ({"LLM_LIB": "fast"}, "LLM_LIB", "auto, avx2, avx, basic"),
+    ({"MODEL_BACKEND": "torch"}, "MODEL_BACKEND", "auto, llama_cpp, ctransformers"),
+    ({"MODEL_TYPE": "bert"}, "MODEL_TYPE", "gpt_neox"),
+    ({"LOAD_ON_FLY": "sometimes"}, "LOAD_ON_FLY", "true or false"),
+    ({"KEEP_ALIVE_S": "-5"}, "KEEP_ALIVE_S", "at least 0"),
+    ({"QUEUE_MAX_SIZE": "0"}, "QUEUE_MAX_SIZE", "from 1"),
+    ({"GENERATION_TIMEOUT_S": "0"}, "GENERATION_TIMEOUT_S", "above 0"),
+    ({"MAX_NEW_TOKENS": "0"}, "MAX_NEW_TOKENS", "from 1"),
+    ({"MAX_NEW_TOKENS": "4096", "CONTEXT_LENGTH": "2048"}, "MAX_NEW_TOKENS", "less than CONTEXT_LENGTH"),
+    ({"TEMPERATURE": "hot"}, "TEMPERATURE", "a number"),
+    ({"TEMPERATURE": "nan"}, "TEMPERATURE", "a number"),
+    ({"TOP_P": "0"}, "TOP_P", "exclusive"),
+    ({"TOP_K": "-3"}, "TOP_K", "from 0"),
+    ({"REPEAT_PENALTY": "0"}, "REPEAT_PENALTY", "exclusive"),
+    ({"CONTEXT_LENGTH": "lots"}, "CONTEXT_LENGTH", "whole number"),
+    ({"PROMPT_TEMPLATE": "vicuna"}, "PROMPT_TEMPLATE", "chatml, oasst"),
+    ({"SEED": "-2"}, "SEED", "from -1"),
+]
+
+
+@pytest.mark.parametrize(("env", "name", "allowed"), BAD, ids=[b[1] + "=" + next(iter(b[0].values())) for b in BAD])
+def test_bad_values_name_the_variable(env: dict[str, str], name: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        EngineSettings.from_environ(env)
+    assert info.value.name == name
+    message = str(info.value)
+    assert message.startswith(f"{name}=") and allowed in message
+
+
+def _model_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        EngineSettings.from_environ({"MODEL_PATH": str(path)})
+    assert info.value.name == "MODEL_PATH"
+    return str(info.value)
+
+
+def test_model_path_problems(tmp_path: Path, model_path: Path) -> None:
+    assert "does not exist" in _model_error(tmp_path / "missing.gguf")
+    assert "is a directory" in _model_error(tmp_path)
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    assert "is empty" in _model_error(tmp_path / "empty.gguf")
+    (tmp_path / "notes.txt").write_text("hello, not a model")
+    assert "neither a GGUF nor a legacy GGML" in _model_error(tmp_path / "notes.txt")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(model_path.read_bytes()[: 5 * 2**20])
+    assert "truncated" in _model_error(truncated)
+    with pytest.raises(ConfigError, match=r"MODEL_BACKEND.*GGUF file"):
+        EngineSettings.from_environ({"MODEL_BACKEND": "ctransformers"})
+
+
+def test_defaults_and_valid_values(model_path: Path) -> None:
+    s = EngineSettings.from_environ({})
+    assert s.model_path == model_path and s.model_backend == "llama_cpp"
+    assert s.system_prompt == "You are a helpful assistant." and s.defaults.max_new_tokens == 512
+    s = EngineSettings.from_environ({"NUM_WORKERS": "3", "LOAD_ON_FLY": "yes", "TEMPERATURE": "0",
+                                     "SYSTEM_PROMPT": "", "PROMPT_TEMPLATE": "ChatML"})
+    assert (s.num_workers, s.load_on_fly, s.defaults.temperature, s.system_prompt, s.prompt_template) == (
+        3, True, 0.0, "", "chatml")
+
+
+def test_oversubscription_warns(caplog: pytest.LogCaptureFixture) -> None:
+    EngineSettings.from_environ({"NUM_WORKERS": "64", "NUM_THREADS": "4"})
+    assert "more than the" in caplog.text
+
+
+def test_env_file_is_read_under_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("NUM_WORKERS=3\nQUEUE_MAX_SIZE=7\n")
+    monkeypatch.setenv("QUEUE_MAX_SIZE", "9")
+    environ = load_environ(env_file)
+    assert environ["NUM_WORKERS"] == "3" and environ["QUEUE_MAX_SIZE"] == "9"
+
+
+def test_secrets_are_masked() -> None:
+    assert mask("SLACK_BOT_TOKEN", "xoxb-123-456-secretvalue") == "xoxb-*** (24 chars)"
+    assert "secret" not in mask("DISCORD_BOT_TOKEN", "abc.secret.def")
+    assert mask("REDIS_URL", "redis://user:hunter2@localhost:6379/0") == "redis://user:***@localhost:6379/0"
+    assert mask("NUM_WORKERS", "2") == "2"
+
+
+def test_cli_exits_2_with_one_line_for_bad_settings(tmp_path: Path) -> None:
+    for env, name in (({"NUM_WORKERS": "0"}, "NUM_WORKERS"), ({"MODEL_PATH": str(tmp_path)}, "MODEL_PATH"),
+                      ({"LLM_LIB": "fast"}, "LLM_LIB")):
+        proc = subprocess.run([sys.executable, "-m", "engbot", "ask", "hi"], capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", **env}, cwd=tmp_path, timeout=60,
+                              check=False)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"engbot: {name}="), proc.stderr

@@ -1,0 +1,215 @@
+"""The engine end to end on the real default model (SmolLM2 GGUF through llama-cpp-python)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.engine import Engine
+from engine.errors import DuplicateJob, EngineClosed, QueueFull
+from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
+from tests.conftest import EngineFactory, make_settings
+
+GREEDY = GenParams(max_new_tokens=24, temperature=0.0, repeat_penalty=1.0)
+LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1)  # runs for seconds: to be cancelled or killed
+QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 + 2?", "Name a primary colour.",
+             "What is the largest planet?", "Translate 'hello' into Spanish."]
+
+
+def library_answer(model_path: Path, question: str, params: GenParams) -> str:
+    """The same question through llama-cpp-python's own chat completion, in this process."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=1, verbose=False)
+    try:
+        out = llm.create_chat_completion(
+            [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": question}],
+            max_tokens=params.max_new_tokens, temperature=0.0, repeat_penalty=params.repeat_penalty,
+        )
+        return str(out["choices"][0]["message"]["content"])
+    finally:
+        llm.close()
+
+
+async def first_text(handle: object) -> None:
+    async for event in handle:  # type: ignore[attr-defined]
+        if isinstance(event, TextPiece):
+            return
+        assert not isinstance(event, Done | Failed), event
+
+
+async def test_answers_like_the_library_itself(engine_factory: EngineFactory, model_path: Path) -> None:
+    engine = await engine_factory()
+    events = [e async for e in engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))]
+    assert isinstance(events[0], Started) and events[0].prompt_tokens > 10
+    assert any(isinstance(e, TextPiece) for e in events)
+    done = events[-1]
+    assert isinstance(done, Done), done
+    assert done.text == "".join(e.text for e in events if isinstance(e, TextPiece))
+    assert 0 < done.completion_tokens <= GREEDY.max_new_tokens
+    assert "<|im_end|>" not in done.text
+    assert done.text == library_answer(model_path, QUESTIONS[0], GREEDY)
+
+
+async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factory: EngineFactory) -> None:
+    solo = await engine_factory()
+    expected = [(await solo.submit(Job.ask(q, params=GREEDY)).result()) for q in QUESTIONS]
+    await solo.stop(grace_s=0)
+    engine = await engine_factory(NUM_WORKERS=2)
+    handles = [engine.submit(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
+    results = await asyncio.gather(*(h.result() for h in handles))
+    assert [type(r) for r in results] == [Done] * len(QUESTIONS)
+    assert [r.text for r in results] == [e.text for e in expected]  # type: ignore[union-attr]
+    assert len({r.text for r in results}) == len(QUESTIONS)  # type: ignore[union-attr]
+
+
+async def test_queue_full_is_raised_at_once_and_positions_move(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(QUEUE_MAX_SIZE=2)
+    running = engine.submit(Job.ask("Tell me a long story.", params=LONG))
+    await first_text(running)
+    second = engine.submit(Job.ask(QUESTIONS[1], params=GREEDY))
+    third = engine.submit(Job.ask(QUESTIONS[2], params=GREEDY))
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        engine.submit(Job.ask(QUESTIONS[3], params=GREEDY))
+    assert time.monotonic() - started < 0.1
+    assert engine.queued == 2
+    running.cancel()
+    assert isinstance(await running.result(), Failed)
+    third_events = [e async for e in third]
+    assert [e.position for e in third_events if isinstance(e, Queued)] == [2, 1]
+    assert isinstance(third_events[-1], Done)
+    assert isinstance(await second.result(), Done)
+
+
+async def test_cancel_stops_generation_and_frees_the_replica(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory()
+    handle = engine.submit(Job.ask("Write a very long essay about the sea.", params=LONG))
+    await first_text(handle)
+    cancelled_at = time.monotonic()
+    handle.cancel()
+    result = await handle.result()
+    assert isinstance(result, Failed) and result.kind == "cancelled"
+    assert time.monotonic() - cancelled_at < 2.0  # within a token or two, with room for a busy machine
+    assert len(result.partial) > 0
+    after = await engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result()
+    assert isinstance(after, Done) and after.text
+
+
+async def test_cancel_of_a_queued_job_removes_it(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory()
+    running = engine.submit(Job.ask("Tell me a long story.", params=LONG))
+    queued = engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))
+    queued.cancel()
+    result = await queued.result()
+    assert isinstance(result, Failed) and result.kind == "cancelled"
+    assert engine.queued == 0
+    running.cancel()
+    await running.result()
+
+
+async def test_generation_timeout_is_reported_with_the_partial_text(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(GENERATION_TIMEOUT_S=0.5)
+    result = await engine.submit(Job.ask("Write a very long essay about mountains.", params=LONG)).result()
+    assert isinstance(result, Failed) and result.kind == "timeout", result
+    assert "0.5" in result.reason
+    assert result.partial
+    assert isinstance(await engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), Done)
+
+
+async def test_killed_replica_fails_its_job_and_the_pool_heals(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory()
+    handle = engine.submit(Job.ask("Write a very long essay about rivers.", params=LONG))
+    await first_text(handle)
+    pid = engine.replicas[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    result = await asyncio.wait_for(handle.result(), 10)
+    assert isinstance(result, Failed) and result.kind == "crashed", result
+    assert "SIGKILL" in result.reason
+    after = await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
+    assert isinstance(after, Done) and after.text
+    assert engine.replicas[0].pid not in (None, pid)
+    assert engine.metrics.restarts._value.get() == 1
+
+
+async def test_load_on_fly_keeps_no_model_while_idle(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(LOAD_ON_FLY="true", KEEP_ALIVE_S=0)
+    assert not engine.replicas[0].alive
+    result = await engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result()
+    assert isinstance(result, Done) and result.text
+    await _until(lambda: not engine.replicas[0].alive)
+
+    kept = await engine_factory(LOAD_ON_FLY="true", KEEP_ALIVE_S=1)
+    assert isinstance(await kept.submit(Job.ask(QUESTIONS[1], params=GREEDY)).result(), Done)
+    assert kept.replicas[0].alive  # kept for KEEP_ALIVE_S ...
+    await _until(lambda: not kept.replicas[0].alive)  # ... then unloaded
+    assert isinstance(await kept.submit(Job.ask(QUESTIONS[1], params=GREEDY)).result(), Done)
+
+
+async def _until(condition: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_same_seed_gives_same_text(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory()
+    sampled = GenParams(max_new_tokens=24, temperature=0.9, seed=1234)
+    texts = [(await engine.submit(Job.ask("Tell me about cats.", params=p)).result()) for p in
+             (GREEDY, GREEDY, sampled, sampled)]
+    assert all(isinstance(t, Done) for t in texts)
+    a, b, c, d = (t.text for t in texts)  # type: ignore[union-attr]
+    assert a == b and c == d
+
+
+async def test_history_is_trimmed_oldest_first_and_overlong_prompts_fail(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(CONTEXT_LENGTH=256, MAX_NEW_TOKENS=16)
+    filler = "This is an old message about nothing in particular. " * 6
+    history = [Turn("user" if i % 2 == 0 else "assistant", f"{i}: {filler}") for i in range(10)]
+    events = [e async for e in engine.submit(Job(turns=(*history, Turn("user", "What is 2 + 2?"))))]
+    started = next(e for e in events if isinstance(e, Started))
+    assert started.dropped_turns >= 8 and started.prompt_tokens <= 256 - 16
+    assert isinstance(events[-1], Done)
+    result = await engine.submit(Job.ask("word " * 400)).result()
+    assert isinstance(result, Failed) and result.kind == "prompt_too_long"
+    assert "too long" in result.reason
+
+
+async def test_duplicates_closed_engine_and_draining_shutdown(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory()
+    engine.submit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="evt-1"))
+    with pytest.raises(DuplicateJob):
+        engine.submit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="evt-1"))
+    running = engine.submit(Job.ask(QUESTIONS[1], params=GREEDY))
+    await engine.stop(grace_s=30)  # drains: both finish
+    assert isinstance(await running.result(), Done)
+    with pytest.raises(EngineClosed):
+        engine.submit(Job.ask(QUESTIONS[2]))
+    assert not any(r.alive for r in engine.replicas)
+
+
+async def test_shutdown_past_its_grace_fails_running_jobs(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory()
+    running = engine.submit(Job.ask("Tell me a long story.", params=LONG))
+    queued = engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))
+    await first_text(running)
+    await engine.stop(grace_s=0.2)
+    for handle in (running, queued):
+        result = await handle.result()
+        assert isinstance(result, Failed) and result.kind == "shutdown", result
+
+
+async def test_a_model_that_cannot_load_fails_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 16)  # a valid header with no tensors at all
+    engine = Engine(make_settings(MODEL_PATH=bad, NUM_WORKERS=1))
+    with pytest.raises(Exception, match=r"bad\.gguf"):
+        await engine.start()
+    assert not engine.replicas[0].alive

@@ -1,0 +1,53 @@
+"""Chat templates and history trimming, with the real tokenizer of the default model where it matters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError, PromptTooLong
+from engine.modelfile import inspect_model
+from engine.prompts import chatml, choose_template, fit_prompt, oasst
+from engine.types import Turn
+
+
+def test_oasst_format_of_the_original_deployment() -> None:
+    rendered = oasst([Turn("user", "Hi"), Turn("assistant", "Hello!"), Turn("user", "How are you?")])
+    assert rendered.prompt == "<|prompter|>Hi<|endoftext|><|assistant|>Hello!<|endoftext|><|prompter|>How are you?" \
+        "<|endoftext|><|assistant|>"
+    assert "<|endoftext|>" in rendered.stop
+
+
+def test_chatml() -> None:
+    rendered = chatml([Turn("system", "Be brief."), Turn("user", "Hi")])
+    assert rendered.prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n" \
+        "<|im_start|>assistant\n"
+
+
+def test_template_choice(model_path: Path) -> None:
+    info = inspect_model(model_path)
+    name, render = choose_template("auto", info.architecture, info.chat_template, "<|im_start|>", "<|im_end|>")
+    assert name == "gguf"
+    # the file's own template, with our system prompt in place of its built-in one
+    assert render([Turn("system", "S"), Turn("user", "U")]).prompt == chatml([Turn("system", "S"),
+                                                                               Turn("user", "U")]).prompt
+    assert choose_template("auto", "gpt_neox", None, "", "")[0] == "oasst"
+    assert choose_template("auto", "gpt2", None, "", "")[0] == "chatml"
+    assert choose_template("oasst", "llama", info.chat_template, "", "")[0] == "oasst"
+    with pytest.raises(ConfigError, match="PROMPT_TEMPLATE"):
+        choose_template("gguf", "gpt_neox", None, "", "")
+
+
+def word_tokens(text: str, add_bos: bool) -> list[int]:
+    return [0] * len(text.split())
+
+
+def test_fit_prompt_drops_oldest_turns_and_starts_with_a_user_turn() -> None:
+    turns = [Turn("user", "one two three"), Turn("assistant", "four five six"), Turn("user", "seven eight")]
+    tokens, _, dropped = fit_prompt(chatml, word_tokens, "sys", turns, budget=100)
+    assert dropped == 0
+    _, _, dropped = fit_prompt(chatml, word_tokens, "sys", turns, budget=len(tokens) - 1)
+    assert dropped == 2  # the assistant turn cannot open the conversation: it goes with the first user turn
+    with pytest.raises(PromptTooLong, match="too long"):
+        fit_prompt(chatml, word_tokens, "sys", turns, budget=2)
