@@ -40,6 +40,7 @@ class JobHandle:
         self.job = job
         self.submitted_at = time.monotonic()
         self.final: Done | Failed | None = None
+        self.position = 0  # place in the queue while waiting (1 = next); 0 once started
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._canceller = canceller
 
@@ -56,6 +57,7 @@ class JobHandle:
             return
         if isinstance(event, FINAL_EVENTS):
             self.final = event
+        self.position = event.position if isinstance(event, Queued) else 0
         self._events.put_nowait(event)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
