@@ -94,6 +94,7 @@ class _Entry:
     replica: Replica | None = None
     seq: int = 0
     stopping: bool = False  # cancelled by shutdown, not by the caller
+    cancelled: bool = False
     pieces: list[str] = field(default_factory=list)
 
 
@@ -190,10 +191,12 @@ class Engine:
         entry = self._entries.get(handle)
         if entry is None:
             return
+        entry.cancelled = True
         if self._queue.remove(entry):
             self._finish(entry, Failed("cancelled", "cancelled"))
         elif entry.replica is not None:
             entry.replica.cancel(entry.seq)
+        # else: a worker has taken it but not started it yet; it checks ``cancelled`` first
 
     async def _worker(self, replica: Replica) -> None:
         failures = 0
@@ -228,6 +231,9 @@ class Engine:
         self.metrics.queue_wait.observe(entry.started_at - handle.submitted_at)
         self._running.add(entry)
         try:
+            if entry.cancelled:
+                self._finish(entry, Failed("cancelled", "cancelled"))
+                return
             if not replica.alive:  # LOAD_ON_FLY, or a restart that failed
                 try:
                     await replica.start()
@@ -236,6 +242,8 @@ class Engine:
                     self._finish(entry, Failed("load_failed", f"the model could not be loaded: {exc}"))
                     return
             entry.replica, entry.seq = replica, next(self._seq)
+            if entry.cancelled:  # cancelled while its model was loading
+                replica.cancel(entry.seq)
             job = handle.job
             params = job.params or self.settings.defaults
             system = self.settings.system_prompt if job.system_prompt is None else job.system_prompt

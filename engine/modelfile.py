@@ -123,7 +123,9 @@ def _inspect_gguf(path: Path, size: int) -> ModelFileInfo:
             key = r.string()
             vtype = r.unpack("<I")
             meta[key] = r.value(vtype, keep=not key.startswith("tokenizer.ggml."))
-        data_end = 0
+        data_end, last = 0, ""
+        if n_tensors == 0:
+            raise ModelFileError(f"{path} holds no tensors: it is not a usable model")
         for _ in range(n_tensors):
             name = r.string()
             dims = [r.unpack("<Q") for _ in range(r.unpack("<I"))]

@@ -61,11 +61,14 @@ class JobQueue(Generic[T]):
         except asyncio.CancelledError:
             if waiter.done() and (item := waiter.result()) is not None:
                 self._items.appendleft(item)  # handed over just as the worker was cancelled: keep it
-            raise
-        finally:
-            if not waiter.done():
+            else:
                 waiter.cancel()
                 self._waiters.remove(waiter)
+            raise
+        if not waiter.done():  # timed out
+            waiter.cancel()
+            self._waiters.remove(waiter)
+            return None
         return waiter.result()
 
     def remove(self, item: T) -> bool:

@@ -11,6 +11,8 @@ import pytest
 from engine.config import EngineSettings, load_environ, mask
 from engine.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parents[1]
+
 BAD = [
     ({"NUM_WORKERS": "0"}, "NUM_WORKERS", "from 1 to 64"),
     ({"NUM_WORKERS": "two"}, "NUM_WORKERS", "whole number"),
@@ -99,7 +101,7 @@ def test_cli_exits_2_with_one_line_for_bad_settings(tmp_path: Path) -> None:
     for env, name in (({"NUM_WORKERS": "0"}, "NUM_WORKERS"), ({"MODEL_PATH": str(tmp_path)}, "MODEL_PATH"),
                       ({"LLM_LIB": "fast"}, "LLM_LIB")):
         proc = subprocess.run([sys.executable, "-m", "engbot", "ask", "hi"], capture_output=True, text=True,
-                              env={"PATH": "/usr/bin:/bin", **env}, cwd=tmp_path, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env}, cwd=tmp_path, timeout=60,
                               check=False)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
