@@ -9,7 +9,8 @@ ctransformers is imported only in ``load`` (inside the replica process). Pitfall
 - It re-seeds its RNG with the given seed for every token (``-1`` means the current second), so each token
   here gets its own seed drawn from a generator seeded once per generation.
 - Its Python ``tokenize`` sizes the output buffer by characters, not bytes (multi-byte text overflows it), and
-  does not parse special tokens such as ``<|prompter|>``: both are done here.
+  does not parse special tokens such as ``<|prompter|>``: both are done here. Very long words crash its
+  tokenizer: they are cut (see ``_library_chunks``).
 - ``context_length`` is ignored for legacy GGML files: the KV cache has the file's ``n_ctx``.
 """
 
@@ -41,7 +42,28 @@ MODEL_TYPES = {
     "mpt": None,
     "replit": None,
 }
-_SPECIAL = re.compile(rb"<\|[^|\s]{1,64}\|>")
+_SPECIAL = re.compile(r"<\|[^|\s]{1,64}\|>")
+# The library's word splitting (std::regex) recurses once per character of a word and its longest-match search
+# is quadratic in the word's length: a 30,000-character word crashes the process, 10,000 take 3 s.
+_MAX_WORD = 256
+_BATCH = 4096
+
+
+def _library_chunks(text: str) -> Iterator[bytes]:
+    """``text`` in pieces for the library: cut before whitespace + non-space, where the library splits words
+    anyway, and inside words longer than ``_MAX_WORD`` characters (the only place tokens can change)."""
+    batch = ""
+    for word in re.split(r"(?=\s\S)", text):
+        if len(batch) + len(word) > _BATCH or len(word) > _MAX_WORD:
+            if batch:
+                yield batch.encode()
+            batch = ""
+        if len(word) > _MAX_WORD:
+            yield from (word[i : i + _MAX_WORD].encode() for i in range(0, len(word), _MAX_WORD))
+        else:
+            batch += word
+    if batch:
+        yield batch.encode()
 
 
 def _normalized(model_type: str) -> str:
@@ -61,8 +83,8 @@ class CTransformersBackend:
         self._n_ctx = 0
         self._n_vocab = 0
         self._add_bos = False
-        self._specials: dict[bytes, int] = {}
-        self._split: re.Pattern[bytes] | None = None
+        self._specials: dict[str, int] = {}
+        self._split: re.Pattern[str] | None = None
 
     def load(self) -> ModelInfo:
         """Check and load the file: ``ModelFileError`` if unusable, ``ConfigError`` for a bad setting."""
@@ -99,11 +121,11 @@ class CTransformersBackend:
         self._add_bos = llm.model_type == "llama"
         self._specials = {}
         for token in range(self._n_vocab):
-            text = llm.ctransformers_llm_detokenize(token)
+            text = llm.ctransformers_llm_detokenize(token).decode("utf-8", "replace")
             if _SPECIAL.fullmatch(text):
                 self._specials.setdefault(text, token)
-        alternatives = b"|".join(re.escape(s) for s in sorted(self._specials, key=len, reverse=True))
-        self._split = re.compile(b"(" + alternatives + b")") if self._specials else None
+        alternatives = "|".join(re.escape(s) for s in sorted(self._specials, key=len, reverse=True))
+        self._split = re.compile(f"({alternatives})") if self._specials else None
         return ModelInfo(
             backend="ctransformers",
             architecture=self.model_type,
@@ -122,16 +144,16 @@ class CTransformersBackend:
     def tokenize(self, text: str) -> list[int]:
         """Tokens of ``text``; the vocabulary's special tokens (``<|...|>``) in it become single tokens."""
         llm = self._require()
-        data = text.replace("\0", "").encode("utf-8")
-        pieces = self._split.split(data) if self._split else [data]
+        text = text.replace("\0", "")
         tokens = [int(llm.bos_token_id)] if self._add_bos else []
-        for piece in pieces:
-            if piece in self._specials:
-                tokens.append(self._specials[piece])
-            elif piece:
+        for part in self._split.split(text) if self._split else [text]:
+            if part in self._specials:
+                tokens.append(self._specials[part])
+                continue
+            for chunk in _library_chunks(part):
                 # At most one token per byte (unknown characters are dropped), plus one for a BOS.
-                out = (ctypes.c_int * (len(piece) + 1))()
-                n = llm.ctransformers_llm_tokenize(piece, False, out)
+                out = (ctypes.c_int * (len(chunk) + 1))()
+                n = llm.ctransformers_llm_tokenize(chunk, False, out)
                 tokens.extend(out[:n])
         return tokens
 
