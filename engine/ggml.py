@@ -23,8 +23,7 @@ from typing import BinaryIO
 from engine.errors import ModelFileError
 
 GGML_MAGIC = 0x67676D6C  # 'ggml'
-GGMF_MAGIC = 0x67676D66  # 'ggmf': legacy llama, versioned
-GGJT_MAGIC = 0x67676A74  # 'ggjt': legacy llama, versioned and aligned
+LEGACY_LLAMA_MAGICS = {0x67676D66: "ggmf", 0x67676A74: "ggjt"}  # versioned llama.cpp formats
 GGUF_MAGIC = 0x46554747  # the bytes 'GGUF'
 
 # ggml tensor type id -> (name, weights per block, bytes per block), as of quantization version 2.
@@ -114,8 +113,8 @@ def read_ggml_header(path: str | Path) -> GgmlInfo:
         (magic,) = r.ints(1, "the magic number", "I")
         if magic == GGUF_MAGIC:
             raise ModelFileError(f"{path}: a GGUF file, not legacy GGML: load it with the llama_cpp backend")
-        if magic in (GGMF_MAGIC, GGJT_MAGIC):
-            container = "ggmf" if magic == GGMF_MAGIC else "ggjt"
+        if magic in LEGACY_LLAMA_MAGICS:
+            container = LEGACY_LLAMA_MAGICS[magic]
             (version,) = r.ints(1, "the version", "I")
             note = f"legacy llama format ({container} v{version}): not walked; ctransformers type 'llama'"
             return GgmlInfo(path, container, "llama", None, note=note)
