@@ -173,6 +173,9 @@ def test_generation_stops_at_the_end_of_the_context(model_files: dict[str, Path]
         assert len(list(itertools.islice(backend.generate(prompt, GREEDY), 100))) == 32 - 20 + 1
         with pytest.raises(PromptTooLong):
             backend.generate(prompt * 2, GREEDY)
+        for bad in ([], [5, 320], [-1]):
+            with pytest.raises(ValueError, match="ids in"):
+                backend.generate(bad, GREEDY)
     finally:
         backend.close()
 

@@ -169,12 +169,14 @@ class CTransformersBackend:
     def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:
         """Sample tokens after the prompt (EOS included) until the caller stops or the context is full.
 
-        Raises ``PromptTooLong`` at once if the prompt leaves no room in the context. ``temperature <= 0`` is
+        Raises ``PromptTooLong`` at once if the prompt leaves no room in the context, ``ValueError`` if it is
+        empty or holds ids outside the vocabulary. ``temperature <= 0`` is
         greedy; ``top_k <= 0`` means the whole vocabulary.
         """
         self._require()
-        if not prompt_tokens:
-            raise ValueError("generate needs at least one prompt token")
+        if not prompt_tokens or not 0 <= min(prompt_tokens) <= max(prompt_tokens) < self._n_vocab:
+            # The library indexes its tables with these ids unchecked.
+            raise ValueError(f"prompt tokens must be 1 or more ids in [0, {self._n_vocab})")
         if len(prompt_tokens) >= self._n_ctx:
             raise PromptTooLong(
                 f"{len(prompt_tokens)} prompt tokens leave no room in a {self._n_ctx}-token context"
