@@ -16,7 +16,7 @@ from typing import Protocol
 from bots.text import _cut
 from engine.engine import JobHandle, JobSubmitter
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
-from engine.types import Done, Failed, Job, Queued, TextPiece, Turn
+from engine.types import Done, Failed, Job, Queued, Role, TextPiece, Turn
 
 log = logging.getLogger("engbot.bots")
 
@@ -180,7 +180,7 @@ def conversation(messages: Iterable[tuple[bool, str]], max_chars: int = 24_000) 
         text = text.strip()
         if not text:
             continue
-        role = "assistant" if from_bot else "user"
+        role: Role = "assistant" if from_bot else "user"
         if turns and turns[-1].role == role:
             turns[-1] = Turn(role, f"{turns[-1].content}\n\n{text}")
         else:

@@ -20,6 +20,7 @@ from engine.types import GenParams
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LOG_FORMATS = ("text", "json")
 TEMPLATES = ("auto", "gguf", "chatml", "oasst", "llama2", "plain")
 BACKENDS = ("auto", "llama_cpp", "ctransformers")
 LLM_LIBS = ("auto", "avx2", "avx", "basic")
@@ -27,6 +28,7 @@ LLM_LIBS = ("auto", "avx2", "avx", "basic")
 MODEL_TYPES = (
     "auto", "gpt_neox", "gpt2", "gptj", "dolly-v2", "starcoder", "gpt_bigcode", "falcon", "mpt", "llama", "replit",
 )
+Text = str  # the name ``str`` is taken by Env.str inside that class
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 
@@ -51,18 +53,18 @@ def default_model_path() -> Path | None:
 class Env:
     """Typed, validated access to a mapping of environment variables."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, Text]) -> None:
         self.environ = environ
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: Text) -> Text | None:
         value = self.environ.get(name)
         return value.strip() if value is not None else None
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: Text, default: Text) -> Text:
         value = self.environ.get(name)
         return default if value is None else value
 
-    def int(self, name: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
+    def int(self, name: Text, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
         raw = self.raw(name)
         if raw in (None, ""):
             return default
@@ -74,7 +76,7 @@ class Env:
             raise ConfigError(name, raw, f"expected a whole number{_range(lo, hi)}")
         return value
 
-    def float(self, name: str, default: float, *, lo: float | None = None, hi: float | None = None,
+    def float(self, name: Text, default: float, *, lo: float | None = None, hi: float | None = None,
               lo_open: bool = False) -> float:
         raw = self.raw(name)
         if raw in (None, ""):
@@ -89,7 +91,7 @@ class Env:
             raise ConfigError(name, raw, f"expected a number{_range(lo, hi, lo_open)}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: Text, default: bool) -> bool:
         raw = self.raw(name)
         if raw is None:
             return default
@@ -99,16 +101,16 @@ class Env:
             return False
         raise ConfigError(name, raw, "expected true or false")
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: Text, default: Text, choices: tuple[Text, ...]) -> Text:
         raw = self.raw(name)
-        if raw in (None, ""):
+        if not raw:
             return default
         value = raw.lower()
         if value not in choices:
             raise ConfigError(name, raw, "expected one of " + ", ".join(choices))
         return value
 
-    def csv(self, name: str) -> frozenset[str]:
+    def csv(self, name: Text) -> frozenset[Text]:
         raw = self.raw(name) or ""
         return frozenset(part.strip() for part in raw.split(",") if part.strip())
 
@@ -149,6 +151,7 @@ class EngineSettings:
         env = Env(environ)
         model_path = _model_path(env)
         backend = env.choice("MODEL_BACKEND", "auto", BACKENDS)
+        model_type = env.choice("MODEL_TYPE", "auto", MODEL_TYPES)
         if check_model:
             from engine.modelfile import backend_for, inspect_model
 
@@ -163,6 +166,11 @@ class EngineSettings:
                     "MODEL_BACKEND", backend, f"{model_path} is a {info.format.upper()} file; "
                     f"use auto or {backend_for(info.format)}",
                 )
+            if info.format == "ggml" and model_type == "auto":
+                if not info.architecture:
+                    raise ConfigError("MODEL_TYPE", "auto", f"the architecture of {model_path} cannot be "
+                                      "detected; set it: " + ", ".join(MODEL_TYPES[1:]))
+                model_type = info.architecture
         elif backend == "auto":
             backend = "llama_cpp"
         num_threads = env.int("NUM_THREADS", 1, lo=1, hi=256)
@@ -192,7 +200,7 @@ class EngineSettings:
         return cls(
             model_path=model_path,
             model_backend=backend,
-            model_type=env.choice("MODEL_TYPE", "auto", MODEL_TYPES),
+            model_type=model_type,
             llm_lib=env.choice("LLM_LIB", "auto", LLM_LIBS),
             num_workers=num_workers,
             num_threads=num_threads,

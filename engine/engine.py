@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from engine.backends.base import ModelInfo
 from engine.config import EngineSettings
-from engine.errors import DuplicateJob, EngineClosed, ModelFileError
+from engine.errors import DuplicateJob, EngineClosed, ModelFileError, QueueFull
 from engine.metrics import EngineMetrics
 from engine.pool import Replica
 from engine.queue import JobQueue
@@ -169,7 +169,11 @@ class Engine:
             raise DuplicateJob(job.dedup_key)
         handle = JobHandle(job, self._cancel)
         entry = _Entry(handle)
-        position = self._queue.put(entry)  # may raise QueueFull: nothing is recorded before this
+        try:
+            position = self._queue.put(entry)
+        except QueueFull:
+            self.metrics.requests.labels(job.platform, "busy").inc()
+            raise
         if job.dedup_key is not None:
             self._recent[job.dedup_key] = time.monotonic() + DEDUP_TTL_S
         self._entries[handle] = entry

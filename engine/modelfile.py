@@ -67,9 +67,7 @@ def inspect_model(path: Path) -> ModelFileInfo:
     if magic == GGUF_MAGIC:
         return _inspect_gguf(path, size)
     if magic in GGML_MAGICS:
-        from engine.ggml import inspect_ggml
-
-        return inspect_ggml(path)
+        return _inspect_ggml(path, size)
     raise ModelFileError(
         f"{path} is neither a GGUF nor a legacy GGML model file (it starts with {magic!r})"
     )
@@ -156,4 +154,21 @@ def _inspect_gguf(path: Path, size: int) -> ModelFileInfo:
         name=str(meta.get("general.name", "")),
         tensors=n_tensors,
         detail=f"GGUF v{version}",
+    )
+
+
+def _inspect_ggml(path: Path, size: int) -> ModelFileInfo:
+    from engine.ggml import read_ggml_header
+
+    info = read_ggml_header(path)
+    hp = info.hparams
+    return ModelFileInfo(
+        path=path,
+        format="ggml",
+        size=size,
+        architecture="" if info.architecture == "unknown" else info.architecture,
+        context_length=hp.n_ctx if hp else 0,
+        chat_template=None,
+        tensors=len(info.tensors),
+        detail=info.note or f"legacy {info.container}" + (f", ftype {hp.ftype}" if hp else ""),
     )

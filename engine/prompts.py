@@ -7,6 +7,7 @@ the engine answers exactly as the library would); built-in templates cover files
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -87,6 +88,16 @@ def choose_template(
     return setting, BUILTIN[setting]
 
 
+_CONTROL = re.compile(r"<\|([^|\s]{1,64})\|>|</?s>|\[/?INST\]")
+
+
+def defuse(text: str) -> str:
+    """Message text with control-token look-alikes (``<|im_end|>``, ``<|endoftext|>``, ``[INST]``) broken up, so
+    a user cannot end their turn early or speak as the assistant: the template alone writes control tokens."""
+    return _CONTROL.sub(lambda m: m.group(0).replace("|", "\u2758").replace("<", "\u2039").replace("[", "\u27e6"),
+                        text)
+
+
 def fit_prompt(
     template: Template,
     tokenize: Callable[[str, bool], list[int]],
@@ -102,6 +113,7 @@ def fit_prompt(
     """
     if not turns:
         raise ValueError("a job needs at least one turn")
+    turns = [Turn(t.role, defuse(t.content)) for t in turns]
     system = (Turn("system", system_prompt),) if system_prompt else ()
     start = 0
     while True:

@@ -59,8 +59,9 @@ class JobQueue(Generic[T]):
             # asyncio.wait never cancels the future, so an item handed over at the last moment is not lost
             await asyncio.wait({waiter}, timeout=timeout)
         except asyncio.CancelledError:
-            if waiter.done() and (item := waiter.result()) is not None:
-                self._items.appendleft(item)  # handed over just as the worker was cancelled: keep it
+            handed = waiter.result() if waiter.done() else None
+            if handed is not None:
+                self._items.appendleft(handed)  # handed over just as the worker was cancelled: keep it
             else:
                 waiter.cancel()
                 self._waiters.remove(waiter)

@@ -38,12 +38,11 @@ def make_backend(settings: EngineSettings) -> Backend:
     """The backend for the configured model file (imported here: the parent never loads a model library)."""
     if settings.model_backend == "ctransformers":
         from engine.backends.ctransformers import CTransformersBackend
-        from engine.cpu import pick_llm_lib
 
         return CTransformersBackend(
             settings.model_path,
             model_type=settings.model_type,
-            lib=pick_llm_lib(settings.llm_lib),
+            lib=settings.llm_lib,
             threads=settings.num_threads,
             context_length=settings.context_length,
         )

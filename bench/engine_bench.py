@@ -1,0 +1,196 @@
+"""Engine benchmarks on the default model, side by side in one run. Results are returned as Markdown sections.
+
+(a) direct llama-cpp-python vs the same generation through the engine; (b) aggregate tokens/s under a burst for
+1 and 2 one-thread replicas and one two-thread replica; (c) dispatch latency; (d) memory (RSS and PSS of the
+process tree); (e) 4 concurrent 128-token answers against the peers measured in shared/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import statistics
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psutil
+
+from engine.config import EngineSettings
+from engine.engine import Engine
+from engine.types import Done, GenParams, Job, Started, TextPiece
+
+SYSTEM = "You are a helpful assistant."
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works.",
+    "Describe the water cycle in detail.",
+    "Write a poem about autumn leaves.",
+    "Explain why the sky is blue.",
+    "Describe a day in the life of a baker.",
+    "Explain how vaccines work.",
+    "Write a letter to a friend about a trip to the mountains.",
+]
+
+
+@dataclass
+class Run:
+    tokens: int
+    seconds: float
+    ttft: float
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.tokens - 1) / max(1e-9, self.seconds - self.ttft)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def settings(workers: int, threads: int, **kw: object) -> EngineSettings:
+    base = EngineSettings.from_environ({"NUM_WORKERS": str(workers), "NUM_THREADS": str(threads)})
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def direct_library(prompt: str, tokens: int, threads: int) -> Run:
+    """The same chat completion with llama-cpp-python in this process, streamed."""
+    from llama_cpp import Llama
+
+    s = settings(1, threads)
+    llm = Llama(model_path=str(s.model_path), n_ctx=s.context_length, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    try:
+        messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        start = time.perf_counter()
+        first = 0.0
+        n = 0
+        for chunk in llm.create_chat_completion(messages, max_tokens=tokens, temperature=0.0, repeat_penalty=1.0,
+                                                stream=True):
+            if chunk["choices"][0]["delta"].get("content"):  # type: ignore[index,union-attr]
+                n += 1
+                first = first or time.perf_counter() - start
+        return Run(n, time.perf_counter() - start, first)
+    finally:
+        llm.close()
+
+
+async def engine_run(engine: Engine, prompt: str, params: GenParams) -> Run:
+    start = time.perf_counter()
+    first = 0.0
+    async for event in engine.submit(Job.ask(prompt, params=params)):
+        if isinstance(event, TextPiece) and not first:
+            first = time.perf_counter() - start
+        elif isinstance(event, Done):
+            return Run(event.completion_tokens, time.perf_counter() - start, first)
+    raise RuntimeError("generation failed")
+
+
+def tree_memory(engine: Engine) -> tuple[float, float]:
+    """RSS and PSS in MiB of this process plus the replica processes."""
+    procs = [psutil.Process()] + [psutil.Process(r.pid) for r in engine.replicas if r.pid and r.alive]
+    rss = pss = 0
+    for p in procs:
+        info = p.memory_full_info()
+        rss, pss = rss + info.rss, pss + info.pss
+    return rss / 2**20, pss / 2**20
+
+
+async def bench(quick: bool) -> list[str]:
+    n_tokens = 64 if quick else 128
+    runs = 2 if quick else 3
+    greedy = GenParams(max_new_tokens=n_tokens, temperature=0.0, repeat_penalty=1.0)
+    out: list[str] = []
+
+    # (a) direct vs engine, 1 thread and 2 threads, greedy, same prompt
+    rows = []
+    for threads in (1, 2):
+        direct = [direct_library(PROMPTS[0], n_tokens, threads) for _ in range(runs)]
+        async with Engine(settings(1, threads)) as engine:
+            await engine_run(engine, PROMPTS[1], greedy)  # warm-up
+            through = [await engine_run(engine, PROMPTS[0], greedy) for _ in range(runs)]
+        d = statistics.median(r.decode_tps for r in direct)
+        e = statistics.median(r.decode_tps for r in through)
+        rows.append(f"| {threads} | {d:.1f} | {e:.1f} | {e / d:.2f} | "
+                    f"{statistics.median(r.ttft for r in direct) * 1000:.0f} | "
+                    f"{statistics.median(r.ttft for r in through) * 1000:.0f} |")
+        gc.collect()
+    out += ["## (a) Engine vs direct llama-cpp-python call",
+            f"Same chat prompt, greedy, {n_tokens} new tokens, median of {runs}; decode speed excludes the first "
+            "token. Target: engine >= 0.95 x direct.", "",
+            "| threads | direct tok/s | engine tok/s | ratio | direct TTFT ms | engine TTFT ms |",
+            "|---|---|---|---|---|---|", *rows, ""]
+
+    # (b) throughput under a burst; (d) memory of the tree; (e) 4 concurrent for the default layout
+    rows, mem_rows = [], []
+    burst = 4 if quick else 8
+    concurrent: dict[str, str] = {}
+    for workers, threads in ((1, 1), (2, 1), (1, 2)):
+        async with Engine(settings(workers, threads)) as engine:
+            await asyncio.gather(*(engine_run(engine, PROMPTS[i], greedy) for i in range(workers)))  # warm-up
+            start = time.perf_counter()
+            results = await asyncio.gather(*(engine_run(engine, PROMPTS[i % len(PROMPTS)], greedy)
+                                             for i in range(burst)))
+            wall = time.perf_counter() - start
+            total = sum(r.tokens for r in results)
+            rows.append(f"| {workers} | {threads} | {burst} | {total} | {wall:.1f} | {total / wall:.1f} |")
+            rss, pss = tree_memory(engine)
+            mem_rows.append(f"| {workers} x {threads} | {rss:.0f} | {pss:.0f} |")
+            if threads == 1:
+                start = time.perf_counter()
+                four = await asyncio.gather(*(engine_run(engine, PROMPTS[i], greedy) for i in range(4)))
+                wall = time.perf_counter() - start
+                ttfts = [r.ttft for r in four]
+                concurrent[f"{workers} x 1"] = (
+                    f"| engbot, {workers} replica(s) x 1 thread | {sum(r.tokens for r in four) / wall:.0f} | "
+                    f"{pct(ttfts, 50):.2f} | {pct(ttfts, 95):.2f} |")
+    out += ["## (b) Aggregate throughput under a burst",
+            f"{burst} jobs of {n_tokens} tokens submitted at once; tokens/s = all tokens / wall time.", "",
+            "| workers | threads | jobs | tokens | wall s | tok/s |", "|---|---|---|---|---|---|", *rows, ""]
+
+    # (c) dispatch latency: submit -> Started (includes the pipe hop and prompt tokenization in the replica)
+    async with Engine(settings(1, 1)) as engine:
+        one = GenParams(max_new_tokens=1, temperature=0.0)
+        queue_waits, started = [], []
+        for i in range(60 if quick else 200):
+            t0 = time.perf_counter()
+            async for event in engine.submit(Job.ask(PROMPTS[i % len(PROMPTS)], params=one)):
+                if isinstance(event, Started):
+                    started.append(time.perf_counter() - t0)
+                    queue_waits.append(event.queue_wait_s)
+    out += ["## (c) Dispatch latency (idle replica)",
+            "queue -> dispatch: submit until a worker hands the job to its replica; submit -> started: until the "
+            "replica reports the prompt built and tokenized. Target p99 < 10 ms.", "",
+            "| measure | p50 ms | p99 ms |", "|---|---|---|",
+            f"| queue -> dispatch | {pct(queue_waits, 50) * 1000:.3f} | {pct(queue_waits, 99) * 1000:.3f} |",
+            f"| submit -> started | {pct(started, 50) * 1000:.2f} | {pct(started, 99) * 1000:.2f} |", ""]
+
+    # (d) idle with LOAD_ON_FLY
+    async with Engine(settings(2, 1, load_on_fly=True, keep_alive_s=0.0)) as engine:
+        await engine_run(engine, PROMPTS[0], greedy)
+        while any(r.alive for r in engine.replicas):
+            await asyncio.sleep(0.05)
+        gc.collect()
+        rss, pss = tree_memory(engine)
+        mem_rows.append(f"| 2 x 1, LOAD_ON_FLY idle (model unloaded) | {rss:.0f} | {pss:.0f} |")
+    out += ["## (d) Memory of the process tree",
+            "After a burst (weights memory-mapped and shared between replicas: PSS counts shared pages once). "
+            "Includes the parent process (this benchmark's Python). Targets: the second replica adds under 40% of "
+            "the first; idle with LOAD_ON_FLY under 120 MiB.", "",
+            "| layout | RSS MiB | PSS MiB |", "|---|---|---|", *mem_rows, ""]
+
+    out += ["## (e) 4 concurrent answers of " f"{n_tokens} tokens vs peers",
+            "Peers as measured in shared/DESIGN.md on this machine type (128 tokens over HTTP).", "",
+            "| server | aggregate tok/s | TTFT p50 s | TTFT p95 s |", "|---|---|---|---|",
+            *concurrent.values(),
+            "| llama-server, 4 parallel slots (DESIGN.md) | ~152 | - | 0.27 |",
+            "| 2 x llama-server, 1 thread (DESIGN.md) | ~152 | - | 1.76 |",
+            "| llama-cpp-python server (DESIGN.md) | ~70 | - | 5.3 |", ""]
+    return out
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"load average {os.getloadavg()[0]:.1f} at start")
