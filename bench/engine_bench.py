@@ -11,6 +11,7 @@ import asyncio
 import gc
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -88,14 +89,19 @@ async def engine_run(engine: Engine, prompt: str, params: GenParams) -> Run:
     raise RuntimeError("generation failed")
 
 
-def tree_memory(engine: Engine) -> tuple[float, float]:
-    """RSS and PSS in MiB of this process plus the replica processes."""
-    procs = [psutil.Process()] + [psutil.Process(r.pid) for r in engine.replicas if r.pid and r.alive]
-    rss = pss = 0
-    for p in procs:
-        info = p.memory_full_info()
-        rss, pss = rss + info.rss, pss + info.pss
-    return rss / 2**20, pss / 2**20
+def replica_memory(engine: Engine) -> list[tuple[float, float]]:
+    """(RSS, PSS) in MiB of each live replica process."""
+    out = []
+    for r in engine.replicas:
+        if r.pid and r.alive:
+            info = psutil.Process(r.pid).memory_full_info()
+            out.append((info.rss / 2**20, info.pss / 2**20))
+    return out
+
+
+def parent_memory() -> tuple[float, float]:
+    info = psutil.Process().memory_full_info()
+    return info.rss / 2**20, info.pss / 2**20
 
 
 async def bench(quick: bool) -> list[str]:
@@ -124,7 +130,8 @@ async def bench(quick: bool) -> list[str]:
             "|---|---|---|---|---|---|", *rows, ""]
 
     # (b) throughput under a burst; (d) memory of the tree; (e) 4 concurrent for the default layout
-    rows, mem_rows = [], []
+    rows = []
+    mem: dict[int, list[tuple[float, float]]] = {}
     burst = 4 if quick else 8
     concurrent: dict[str, str] = {}
     for workers, threads in ((1, 1), (2, 1), (1, 2)):
@@ -136,8 +143,8 @@ async def bench(quick: bool) -> list[str]:
             wall = time.perf_counter() - start
             total = sum(r.tokens for r in results)
             rows.append(f"| {workers} | {threads} | {burst} | {total} | {wall:.1f} | {total / wall:.1f} |")
-            rss, pss = tree_memory(engine)
-            mem_rows.append(f"| {workers} x {threads} | {rss:.0f} | {pss:.0f} |")
+            if threads == 1:
+                mem[workers] = replica_memory(engine)
             if threads == 1:
                 start = time.perf_counter()
                 four = await asyncio.gather(*(engine_run(engine, PROMPTS[i], greedy) for i in range(4)))
@@ -167,19 +174,34 @@ async def bench(quick: bool) -> list[str]:
             f"| queue -> dispatch | {pct(queue_waits, 50) * 1000:.3f} | {pct(queue_waits, 99) * 1000:.3f} |",
             f"| submit -> started | {pct(started, 50) * 1000:.2f} | {pct(started, 99) * 1000:.2f} |", ""]
 
-    # (d) idle with LOAD_ON_FLY
-    async with Engine(settings(2, 1, load_on_fly=True, keep_alive_s=0.0)) as engine:
-        await engine_run(engine, PROMPTS[0], greedy)
-        while any(r.alive for r in engine.replicas):
-            await asyncio.sleep(0.05)
-        gc.collect()
-        rss, pss = tree_memory(engine)
-        mem_rows.append(f"| 2 x 1, LOAD_ON_FLY idle (model unloaded) | {rss:.0f} | {pss:.0f} |")
-    out += ["## (d) Memory of the process tree",
-            "After a burst (weights memory-mapped and shared between replicas: PSS counts shared pages once). "
-            "Includes the parent process (this benchmark's Python). Targets: the second replica adds under 40% of "
-            "the first; idle with LOAD_ON_FLY under 120 MiB.", "",
-            "| layout | RSS MiB | PSS MiB |", "|---|---|---|", *mem_rows, ""]
+    # (d) memory: replica processes after answering, f16 and q8_0 KV cache; then a LOAD_ON_FLY engine once idle
+    mem_rows = []
+    for kv in ("f16", "q8_0"):
+        totals = []
+        for workers in (1, 2):
+            if kv == "f16":
+                per = mem[workers]
+            else:
+                async with Engine(settings(workers, 1, kv_cache_type=kv)) as engine:
+                    await asyncio.gather(*(engine_run(engine, PROMPTS[i], greedy) for i in range(workers)))
+                    per = replica_memory(engine)
+            totals.append(sum(pss for _, pss in per))
+            mem_rows.append(f"| {kv} | {workers} | {' + '.join(f'{pss:.0f}' for _, pss in per)} | {totals[-1]:.0f} | "
+                            f"{sum(rss for rss, _ in per):.0f} |")
+        added = totals[1] - totals[0]
+        mem_rows.append(f"| {kv} | second adds | | **{added:.0f}** = {added / totals[0]:.0%} of the first | |")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.idle", stdout=asyncio.subprocess.PIPE)
+    stdout, _ = await proc.communicate()
+    idle_rss, idle_pss, alive = (float(x) for x in stdout.split())
+    out += ["## (d) Memory",
+            "PSS of the replica processes after answering (the GGUF weights are memory-mapped: replicas share them "
+            "and PSS splits shared pages). Targets: the second replica adds under 40% of the first; idle with "
+            "LOAD_ON_FLY under 120 MiB.", "",
+            "| KV cache | replicas | PSS per replica MiB | PSS total MiB | RSS total MiB |", "|---|---|---|---|---|",
+            *mem_rows, "",
+            f"Idle with LOAD_ON_FLY (`python -m bench.idle`: a fresh engine process, 2 workers, after one answer "
+            f"and KEEP_ALIVE_S=0): {alive:.0f} replica processes left; the engine process holds {idle_rss:.0f} MiB "
+            f"RSS / {idle_pss:.0f} MiB PSS, and that is all the bot uses while idle.", ""]
 
     out += ["## (e) 4 concurrent answers of " f"{n_tokens} tokens vs peers",
             "Peers as measured in shared/DESIGN.md on this machine type (128 tokens over HTTP).", "",

@@ -141,6 +141,7 @@ class EngineSettings:
     generation_timeout_s: float = 120.0
     context_length: int = 2048
     prompt_template: str = "auto"
+    kv_cache_type: str = "f16"
     system_prompt: str = "You are a helpful assistant."
     defaults: GenParams = field(default_factory=GenParams)
     shutdown_grace_s: float = 30.0
@@ -210,6 +211,7 @@ class EngineSettings:
             generation_timeout_s=env.float("GENERATION_TIMEOUT_S", 120.0, lo=0.0, lo_open=True),
             context_length=context_length,
             prompt_template=env.choice("PROMPT_TEMPLATE", "auto", TEMPLATES),
+            kv_cache_type=env.choice("KV_CACHE_TYPE", "f16", ("f16", "q8_0")),
             system_prompt=env.str("SYSTEM_PROMPT", "You are a helpful assistant."),
             defaults=defaults,
             shutdown_grace_s=env.float("SHUTDOWN_GRACE_S", 30.0, lo=0.0),

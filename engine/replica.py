@@ -48,7 +48,8 @@ def make_backend(settings: EngineSettings) -> Backend:
         )
     from engine.backends.llama_cpp import LlamaCppBackend
 
-    return LlamaCppBackend(settings.model_path, threads=settings.num_threads, context_length=settings.context_length)
+    return LlamaCppBackend(settings.model_path, threads=settings.num_threads, context_length=settings.context_length,
+                           kv_cache_type=settings.kv_cache_type)
 
 
 def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel: Any) -> None:

@@ -14,8 +14,9 @@ from engine.types import GenParams
 class LlamaCppBackend:
     """One GGUF model, memory-mapped so that replicas share its weight pages."""
 
-    def __init__(self, path: Path, *, threads: int, context_length: int) -> None:
+    def __init__(self, path: Path, *, threads: int, context_length: int, kv_cache_type: str = "f16") -> None:
         self.path = path
+        self.kv_cache_type = kv_cache_type
         self.threads = threads
         self.context_length = context_length
         self._llm: Any = None
@@ -32,6 +33,7 @@ class LlamaCppBackend:
                 n_gpu_layers=0,
                 use_mmap=True,
                 verbose=False,
+                **self._kv_options(),
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"llama.cpp cannot load {self.path}: {exc}") from None
@@ -45,8 +47,15 @@ class LlamaCppBackend:
             chat_template=meta.get("tokenizer.chat_template"),
             bos_token=self._piece(bos),
             eos_token=self._piece(eos),
-            detail=f"threads={self.threads}",
+            detail=f"threads={self.threads} kv={self.kv_cache_type}",
         )
+
+    def _kv_options(self) -> dict[str, Any]:
+        if self.kv_cache_type == "q8_0":  # half the KV memory; llama.cpp needs flash attention for a quantized V
+            from llama_cpp import GGML_TYPE_Q8_0
+
+            return {"flash_attn": True, "type_k": GGML_TYPE_Q8_0, "type_v": GGML_TYPE_Q8_0}
+        return {}
 
     def _piece(self, token: int) -> str:
         if token < 0:
