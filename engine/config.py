@@ -142,6 +142,7 @@ class EngineSettings:
     context_length: int = 2048
     prompt_template: str = "auto"
     kv_cache_type: str = "f16"
+    parallel_slots: int = 1
     system_prompt: str = "You are a helpful assistant."
     defaults: GenParams = field(default_factory=GenParams)
     shutdown_grace_s: float = 30.0
@@ -186,6 +187,10 @@ class EngineSettings:
                 "NUM_WORKERS x NUM_THREADS = %d x %d = %d is more than the %d CPUs here: generations will "
                 "compete for cores", num_workers, num_threads, num_workers * num_threads, cpus,
             )
+        slots = env.int("PARALLEL_SLOTS", 1, lo=1, hi=64)
+        if slots > 1 and backend != "llama_cpp":
+            raise ConfigError("PARALLEL_SLOTS", str(slots), "more than 1 needs a GGUF model (llama_cpp backend); "
+                              "ctransformers answers one question at a time per worker")
         max_new = env.int("MAX_NEW_TOKENS", 512, lo=1, hi=32768)
         context_length = env.int("CONTEXT_LENGTH", 2048, lo=0, hi=1 << 20)
         if context_length and max_new >= context_length:
@@ -212,6 +217,7 @@ class EngineSettings:
             context_length=context_length,
             prompt_template=env.choice("PROMPT_TEMPLATE", "auto", TEMPLATES),
             kv_cache_type=env.choice("KV_CACHE_TYPE", "f16", ("f16", "q8_0")),
+            parallel_slots=slots,
             system_prompt=env.str("SYSTEM_PROMPT", "You are a helpful assistant."),
             defaults=defaults,
             shutdown_grace_s=env.float("SHUTDOWN_GRACE_S", 30.0, lo=0.0),

@@ -104,7 +104,7 @@ class Engine:
     def __init__(self, settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or EngineMetrics()
-        self.replicas = [Replica(i, settings) for i in range(settings.num_workers)]
+        self.replicas = [Replica(i, settings, on_death=self.metrics.restarts.inc) for i in range(settings.num_workers)]
         self._queue: JobQueue[_Entry] = JobQueue(settings.queue_max_size, on_moved=self._on_moved)
         self._entries: dict[JobHandle, _Entry] = {}
         self._running: set[_Entry] = set()
@@ -143,8 +143,8 @@ class Engine:
                 await asyncio.gather(*(r.stop() for r in self.replicas))
                 raise errors[0]
             self.model_info = self.replicas[0].info
-        self._workers = [asyncio.create_task(self._worker(r), name=f"engbot-worker-{r.index}")
-                         for r in self.replicas]
+        self._workers = [asyncio.create_task(self._worker(r), name=f"engbot-worker-{r.index}.{slot}")
+                         for r in self.replicas for slot in range(self.settings.parallel_slots)]
         self._accepting = True
         await asyncio.sleep(0)  # let the workers reach the queue, so the first jobs start without queueing
 
@@ -207,7 +207,7 @@ class Engine:
         while True:
             if not self.settings.load_on_fly and not replica.alive and self._accepting:
                 try:
-                    await replica.start()
+                    await replica.ensure_started()
                     self.model_info = replica.info
                     failures = 0
                 except ModelFileError as exc:
@@ -219,14 +219,15 @@ class Engine:
             keep_alive = self.settings.keep_alive_s if self.settings.load_on_fly and replica.alive else None
             entry = await self._queue.get(timeout=keep_alive)
             if entry is None:
-                if replica.alive and (self.settings.load_on_fly or not self._accepting):
+                if replica.alive and not replica.busy and (self.settings.load_on_fly or not self._accepting):
                     log.info("replica %d unloads its model after %.0f s idle", replica.index, keep_alive or 0)
                     await replica.stop()
                 if not self._accepting and not len(self._queue):
                     return
                 continue
             await self._run(replica, entry)
-            if self.settings.load_on_fly and self.settings.keep_alive_s == 0 and not len(self._queue):
+            if (self.settings.load_on_fly and self.settings.keep_alive_s == 0 and not len(self._queue)
+                    and not replica.busy):
                 await replica.stop()
 
     async def _run(self, replica: Replica, entry: _Entry) -> None:
@@ -240,7 +241,7 @@ class Engine:
                 return
             if not replica.alive:  # LOAD_ON_FLY, or a restart that failed
                 try:
-                    await replica.start()
+                    await replica.ensure_started()
                     self.model_info = replica.info
                 except ModelFileError as exc:
                     self._finish(entry, Failed("load_failed", f"the model could not be loaded: {exc}"))
@@ -271,8 +272,6 @@ class Engine:
                         duration_s=now - handle.submitted_at,
                     ))
                 elif kind == "failed":
-                    if msg[2] == "crashed":
-                        self.metrics.restarts.inc()
                     partial = msg[4] or "".join(entry.pieces)
                     if msg[2] == "cancelled" and entry.stopping:
                         self._finish(entry, Failed("shutdown", SHUTDOWN_REASON, partial))

@@ -17,6 +17,59 @@ class Generated:
     finish_reason: str  # "stop", "length", or what ``interrupt`` returned ("cancelled", "timeout")
 
 
+class TextAssembler:
+    """Turns one sequence's tokens into text pieces, one token at a time.
+
+    Text that could be the start of a stop string is held back until it is known not to be one, so a stop
+    string never reaches the caller. Used by the single-sequence loop below and by the batched loop, which
+    feeds several assemblers in turn.
+    """
+
+    def __init__(self, detokenize: Callable[[list[int]], bytes], is_eos: Callable[[int], bool],
+                 stop: Sequence[str], max_new_tokens: int) -> None:
+        self._detokenize, self._is_eos = detokenize, is_eos
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stop = stop
+        self._hold = max((len(s) for s in stop), default=1) - 1
+        self._max = max_new_tokens
+        self.text = ""  # everything decoded so far (cut at a stop string)
+        self.sent = 0  # how much of ``text`` was returned as pieces
+        self.count = 0
+        self.finish_reason: str | None = None
+        self._cut = self._closed = False
+
+    def feed(self, token: int) -> str:
+        """Take one token; return the new text that is safe to show ("" if none). Sets ``finish_reason`` when
+        the sequence is complete."""
+        if self._is_eos(token):
+            self.finish_reason = "stop"
+            return self.close()
+        self.count += 1
+        self.text += self._decoder.decode(self._detokenize([token]))
+        cut = _find_stop(self.text, self._stop, self.sent)
+        if cut is not None:
+            self.text = self.text[:cut]
+            self.finish_reason, self._cut = "stop", True
+            return self.close()
+        if self.count >= self._max:
+            self.finish_reason = "length"
+            return self.close()
+        safe = len(self.text) - _partial_stop_len(self.text, self._stop, self._hold)
+        if safe <= self.sent:
+            return ""
+        piece, self.sent = self.text[self.sent : safe], safe
+        return piece
+
+    def close(self) -> str:
+        """End the sequence (for any reason): the held-back text, which turned out not to start a stop string."""
+        if not self._closed:
+            self._closed = True
+            if not self._cut:  # after a stop string, leftover bytes belong to what follows it
+                self.text += self._decoder.decode(b"", final=True)
+        piece, self.sent = self.text[self.sent :], len(self.text)
+        return piece
+
+
 def generate_text(
     backend: Backend,
     prompt_tokens: list[int],
@@ -27,43 +80,30 @@ def generate_text(
 ) -> Generated:
     """Generate up to ``params.max_new_tokens`` tokens, calling ``emit`` with each new piece of text.
 
-    Text that could be the start of a stop string is held back until it is known not to be one, so a stop
-    string never reaches ``emit``. ``interrupt`` is checked after every token; a non-None value ends the
-    generation with that value as the finish reason.
+    ``interrupt`` is checked after every token; a non-None value ends the generation with that value as the
+    finish reason.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = ""  # everything decoded so far
-    sent = 0  # how much of ``text`` went to ``emit``
-    count = 0
-    reason = "length"
-    hold = max((len(s) for s in stop), default=1) - 1
+    text = TextAssembler(backend.detokenize, backend.is_eos, stop, params.max_new_tokens)
+    reason = "stop"  # the backend may end on its own (a full context)
     for token in backend.generate(prompt_tokens, params):
-        if backend.is_eos(token):
-            reason = "stop"
-            break
-        count += 1
-        text += decoder.decode(backend.detokenize([token]))
-        cut = _find_stop(text, stop, sent)
-        if cut is not None:
-            text = text[:cut]
-            reason = "stop"
-            break
-        safe = len(text) - _partial_stop_len(text, stop, hold)
-        if safe > sent:
-            emit(text[sent:safe])
-            sent = safe
-        if count >= params.max_new_tokens:
+        piece = text.feed(token)
+        if piece:
+            emit(piece)
+        if text.finish_reason is not None:
+            reason = text.finish_reason
             break
         interrupted = interrupt()
         if interrupted is not None:
             reason = interrupted
+            piece = text.close()
+            if piece:
+                emit(piece)
             break
     else:
-        reason = "stop"
-    text += decoder.decode(b"", final=True)
-    if len(text) > sent:  # held-back text that turned out not to start a stop string
-        emit(text[sent:])
-    return Generated(text, count, reason)
+        piece = text.close()
+        if piece:
+            emit(piece)
+    return Generated(text.text, text.count, reason)
 
 
 def _find_stop(text: str, stop: Sequence[str], start: int) -> int | None:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -25,19 +25,26 @@ _SPAWN = mp.get_context("spawn")
 
 
 class Replica:
-    """One model process. At most one job at a time; the caller (a worker task) guarantees that."""
+    """One model process, running up to PARALLEL_SLOTS jobs at once (the worker tasks guarantee the bound).
 
-    def __init__(self, index: int, settings: EngineSettings) -> None:
+    ``on_death`` is called when the process dies without being asked to stop.
+    """
+
+    def __init__(self, index: int, settings: EngineSettings, on_death: Callable[[], None] = lambda: None) -> None:
         self.index = index
         self.settings = settings
+        self.on_death = on_death
         self.process: Any = None
         self.conn: Connection | None = None
         self.info: ModelInfo | None = None
         self.started_at = 0.0
         self.exitcode: int | None = None  # of the last process, once it ended
         self._cancel: Any = _SPAWN.RawValue("q", 0)
-        self._cancel_requested_at: float | None = None
-        self._inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._cancel_requested_at: dict[int, float] = {}
+        self._control: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()  # ready / load_failed / exit
+        self._routes: dict[int, asyncio.Queue[tuple[Any, ...]]] = {}  # messages of each running job
+        self._start_lock = asyncio.Lock()
+        self._stopping = False
 
     def __repr__(self) -> str:
         pid = self.process.pid if self.process else None
@@ -48,13 +55,25 @@ class Replica:
         return self.process is not None and self.process.is_alive() and self.conn is not None
 
     @property
+    def busy(self) -> int:
+        """Jobs running in this replica now."""
+        return len(self._routes)
+
+    async def ensure_started(self) -> None:
+        """Start the process unless it runs (several worker tasks may ask at once: one starts it)."""
+        async with self._start_lock:
+            if not self.alive:
+                await self.start()
+
+    @property
     def pid(self) -> int | None:
         return int(self.process.pid) if self.process is not None else None
 
     async def start(self) -> ModelInfo:
         """Spawn the process and wait until its model is loaded. Raises ``ModelFileError`` if loading fails."""
         parent, child = _SPAWN.Pipe(duplex=True)
-        self._inbox = asyncio.Queue()
+        self._control = asyncio.Queue()
+        self._stopping = False
         self.process = _SPAWN.Process(
             target=replica_main, args=(self.index, self.settings, child, self._cancel),
             name=f"engbot-replica-{self.index}", daemon=True,
@@ -64,7 +83,7 @@ class Replica:
         self.conn = parent
         self.started_at = time.monotonic()
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable)
-        msg = await self._inbox.get()
+        msg = await self._control.get()
         if msg[0] == "ready":
             self.info = msg[1]
             log.info("replica %d ready (pid %d, %.2f s)", self.index, self.pid, time.monotonic() - self.started_at)
@@ -79,10 +98,19 @@ class Replica:
         assert self.conn is not None
         try:
             while self.conn.poll():
-                self._inbox.put_nowait(self.conn.recv())
+                msg = self.conn.recv()
+                route = self._routes.get(msg[1]) if len(msg) > 1 and isinstance(msg[1], int) else None
+                if route is not None:
+                    route.put_nowait(msg)
+                elif msg[0] in ("ready", "load_failed"):
+                    self._control.put_nowait(msg)
+                # else: a late message of an abandoned job
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            self._inbox.put_nowait(("exit",))
+            for queue in (self._control, *self._routes.values()):
+                queue.put_nowait(("exit",))
+            if not self._stopping:
+                self.on_death()
 
     async def run(self, seq: int, turns: tuple[Turn, ...], system_prompt: str, params: GenParams,
                   timeout_s: float) -> AsyncIterator[tuple[Any, ...]]:
@@ -91,78 +119,103 @@ class Replica:
         A replica that dies yields ("failed", seq, "crashed", ...); one that overruns its timeout or ignores a
         cancel is killed and yields a "timeout" or "cancelled" failure. Either way the process is gone after.
         """
-        assert self.conn is not None
-        self._cancel_requested_at = None
-        self.conn.send(("job", seq, turns, system_prompt, params, timeout_s))
+        conn, process = self.conn, self.process
+        assert conn is not None
+        inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._routes[seq] = inbox
+        try:
+            conn.send(("job", seq, turns, system_prompt, params, timeout_s))
+        except OSError:
+            inbox.put_nowait(("exit",))
+        try:
+            async for msg in self._messages(seq, inbox, timeout_s, conn, process):
+                yield msg
+        finally:
+            self._routes.pop(seq, None)
+            self._cancel_requested_at.pop(seq, None)
+
+    async def _messages(self, seq: int, inbox: asyncio.Queue[tuple[Any, ...]], timeout_s: float,
+                        conn: Connection, process: Any) -> AsyncIterator[tuple[Any, ...]]:
         hard_deadline = time.monotonic() + timeout_s + KILL_GRACE_S
         while True:
             now = time.monotonic()
             deadline = hard_deadline
-            if self._cancel_requested_at is not None:
-                deadline = min(deadline, self._cancel_requested_at + CANCEL_GRACE_S)
+            cancelled_at = self._cancel_requested_at.get(seq)
+            if cancelled_at is not None:
+                deadline = min(deadline, cancelled_at + CANCEL_GRACE_S)
             try:
-                msg = await asyncio.wait_for(self._inbox.get(), max(0.0, deadline - now))
+                msg = await asyncio.wait_for(inbox.get(), max(0.0, deadline - now))
             except TimeoutError:
-                if self._cancel_requested_at is not None and now < hard_deadline:
+                if cancelled_at is not None and now < hard_deadline:
                     log.warning("replica %d ignored a cancel for %.0f s: killing it", self.index, CANCEL_GRACE_S)
                     kind, reason = "cancelled", "cancelled"
                 else:
                     log.warning("replica %d is stuck past its timeout: killing it", self.index)
                     kind, reason = "timeout", f"the answer took longer than {timeout_s:g} s"
-                self.kill()
-                await self._reap()
+                if self.process is process:
+                    self.kill()
+                await self._reap(conn)
                 yield ("failed", seq, kind, reason, "")
                 return
             if msg[0] == "exit":
-                await self._reap()
+                await self._reap(conn)
                 code = self.exitcode
                 log.error("replica %d died during a job (%s)", self.index, _describe_exit(code))
                 yield ("failed", seq, "crashed",
                        f"the model process crashed ({_describe_exit(code)}); it is being restarted", "")
                 return
-            if msg[1] != seq:
-                continue  # a late message of an earlier, abandoned job
             yield msg
             if msg[0] in ("done", "failed"):
                 return
 
     def cancel(self, seq: int) -> None:
-        """Ask the running generation to stop after its current token."""
-        self._cancel.value = seq
-        if self._cancel_requested_at is None:
-            self._cancel_requested_at = time.monotonic()
+        """Ask a running generation to stop after its current token."""
+        self._cancel.value = seq  # read after every token by a one-slot replica
+        if self.settings.parallel_slots > 1 and self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.send(("cancel", seq))  # read between batches by a batched replica
+        self._cancel_requested_at.setdefault(seq, time.monotonic())
 
     def kill(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.process.kill()
+        process = self.process
+        if process is not None and process.is_alive():
+            process.kill()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Ask the process to exit (it frees its model), and kill it if it does not within ``timeout``."""
-        if self.process is None:
-            return
-        if self.conn is not None and self.process.is_alive():
-            with contextlib.suppress(OSError):
-                self.conn.send(("stop",))
-            deadline = time.monotonic() + timeout
-            while self.process.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        self.kill()
-        await self._reap()
+        async with self._start_lock:  # one stop at a time, never during a start
+            process = self.process
+            if process is None:
+                return
+            self._stopping = True
+            if self.conn is not None and process.is_alive():
+                with contextlib.suppress(OSError):
+                    self.conn.send(("stop",))
+                deadline = time.monotonic() + timeout
+                while self.process is process and process.is_alive() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+            self.kill()
+            await self._reap()
 
-    async def _reap(self) -> None:
-        if self.conn is not None:
+    async def _reap(self, conn: Connection | None = None) -> None:
+        """Forget the process that ended. Several jobs of one replica may call this at once, and one of them may
+        have started a new process meanwhile: given the connection it knew, a late caller leaves that alone."""
+        if conn is not None and conn is not self.conn:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
             with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            self.conn.close()
-            self.conn = None
-        if self.process is not None:
+                asyncio.get_running_loop().remove_reader(conn.fileno())
+            conn.close()
+        process = self.process
+        if process is not None:
             for _ in range(250):  # the pipe closes a moment before the process can be joined
-                if not self.process.is_alive():
-                    break
+                if self.process is not process or not process.is_alive():
+                    break  # (or another job of this replica reaped it meanwhile)
                 await asyncio.sleep(0.02)
-            self.exitcode = self.process.exitcode
-            if self.exitcode is not None:
-                self.process.close()
+            if self.process is process and process.exitcode is not None:
+                self.exitcode = process.exitcode
+                process.close()
                 self.process = None
         self.info = None
 

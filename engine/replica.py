@@ -20,21 +20,22 @@ import os
 import random
 import signal
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-from engine.backends.base import Backend, ModelInfo
+from engine.backends.base import Backend, Model, ModelInfo
+from engine.backends.llama_batch import BatchedLlama
 from engine.config import EngineSettings
 from engine.errors import ConfigError, ModelFileError, PromptTooLong
-from engine.generation import generate_text
+from engine.generation import TextAssembler, generate_text
 from engine.prompts import choose_template, fit_prompt
 from engine.types import GenParams, Turn
 
 log = logging.getLogger("engbot.replica")
 
 
-def make_backend(settings: EngineSettings) -> Backend:
+def make_backend(settings: EngineSettings) -> Backend | BatchedLlama:
     """The backend for the configured model file (imported here: the parent never loads a model library)."""
     if settings.model_backend == "ctransformers":
         from engine.backends.ctransformers import CTransformersBackend
@@ -46,6 +47,11 @@ def make_backend(settings: EngineSettings) -> Backend:
             threads=settings.num_threads,
             context_length=settings.context_length,
         )
+    if settings.parallel_slots > 1:
+        from engine.backends.llama_batch import BatchedLlama
+
+        return BatchedLlama(settings.model_path, threads=settings.num_threads, context_length=settings.context_length,
+                            slots=settings.parallel_slots, kv_cache_type=settings.kv_cache_type)
     from engine.backends.llama_cpp import LlamaCppBackend
 
     return LlamaCppBackend(settings.model_path, threads=settings.num_threads, context_length=settings.context_length,
@@ -71,7 +77,10 @@ def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel:
         conn.send(("load_failed", f"loading {settings.model_path} failed: {exc}"))
         return
     conn.send(("ready", replace(info, detail=f"{info.detail} template={name}".strip())))
-    _serve(backend, info, template, settings, conn, cancel)
+    if isinstance(backend, BatchedLlama):
+        _serve_batched(backend, info, template, settings, conn)
+    else:
+        _serve(backend, info, template, settings, conn, cancel)
     backend.close()
 
 
@@ -84,14 +93,16 @@ def _serve(backend: Backend, info: ModelInfo, template: Any, settings: EngineSet
             return  # the parent went away
         if msg[0] == "stop":
             return
+        if msg[0] == "cancel":  # for a job that already ended
+            continue
         _, seq, turns, system_prompt, params, timeout_s = msg
         _run_job(backend, info, template, settings, conn, cancel, seq, turns, system_prompt, params, timeout_s)
 
 
-def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineSettings, conn: Connection,
-             cancel: Any, seq: int, turns: tuple[Turn, ...], system_prompt: str, params: GenParams,
-             timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+def _prepare(backend: Model, info: ModelInfo, template: Any, conn: Connection, seq: int,
+             turns: tuple[Turn, ...], system_prompt: str, params: GenParams) -> tuple[list[int], tuple[str, ...],
+                                                                                  GenParams] | None:
+    """The job's prompt tokens, stop strings and params (with a seed); None after reporting a failure."""
     if params.seed < 0:
         params = replace(params, seed=random.randrange(2**31))
     budget = info.n_ctx - params.max_new_tokens
@@ -99,12 +110,23 @@ def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineS
         tokens, stop, dropped = fit_prompt(template, backend.tokenize, system_prompt, turns, budget)
     except PromptTooLong as exc:
         conn.send(("failed", seq, "prompt_too_long", str(exc), ""))
-        return
+        return None
     except Exception as exc:  # e.g. a template that rejects the conversation
         log.exception("building the prompt failed")
         conn.send(("failed", seq, "error", f"the prompt could not be built: {exc}", ""))
-        return
+        return None
     conn.send(("started", seq, len(tokens), dropped))
+    return tokens, stop, params
+
+
+def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineSettings, conn: Connection,
+             cancel: Any, seq: int, turns: tuple[Turn, ...], system_prompt: str, params: GenParams,
+             timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    prepared = _prepare(backend, info, template, conn, seq, turns, system_prompt, params)
+    if prepared is None:
+        return
+    tokens, stop, params = prepared
 
     def interrupt() -> str | None:
         if cancel.value == seq:
@@ -125,9 +147,96 @@ def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineS
         log.exception("generation failed")
         conn.send(("failed", seq, "error", f"the model failed while answering: {exc}", "".join(pieces)))
         return
-    if result.finish_reason == "cancelled":
-        conn.send(("failed", seq, "cancelled", "cancelled", result.text))
-    elif result.finish_reason == "timeout":
-        conn.send(("failed", seq, "timeout", f"the answer took longer than {timeout_s:g} s", result.text))
+    _send_final(conn, seq, result.finish_reason, result.text, len(tokens), result.completion_tokens, timeout_s)
+
+
+def _send_final(conn: Connection, seq: int, reason: str, text: str, prompt_tokens: int, completion_tokens: int,
+                timeout_s: float) -> None:
+    if reason == "cancelled":
+        conn.send(("failed", seq, "cancelled", "cancelled", text))
+    elif reason == "timeout":
+        conn.send(("failed", seq, "timeout", f"the answer took longer than {timeout_s:g} s", text))
     else:
-        conn.send(("done", seq, result.text, len(tokens), result.completion_tokens, result.finish_reason))
+        conn.send(("done", seq, text, prompt_tokens, completion_tokens, reason))
+
+
+@dataclass(slots=True)
+class _Running:
+    seq: int
+    slot: int
+    text: TextAssembler
+    prompt_tokens: int
+    deadline: float
+    timeout_s: float
+    cancelled: bool = False
+
+
+def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settings: EngineSettings,
+                   conn: Connection) -> None:
+    """Answer up to PARALLEL_SLOTS jobs at once: read new jobs and cancels between steps, decode all running
+    sequences in one batch per step."""
+    free = list(range(settings.parallel_slots))
+    running: dict[int, _Running] = {}  # by slot
+
+    def finish(job: _Running, reason: str) -> None:
+        piece = job.text.close()
+        if piece:
+            conn.send(("piece", job.seq, piece))
+        _send_final(conn, job.seq, reason, job.text.text, job.prompt_tokens, job.text.count, job.timeout_s)
+        backend.remove(job.slot)
+        del running[job.slot]
+        free.append(job.slot)
+
+    while True:
+        while not running or conn.poll():  # block for messages only while idle
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg[0] == "stop":
+                return
+            if msg[0] == "cancel":
+                for job in running.values():
+                    job.cancelled = job.cancelled or job.seq == msg[1]
+                continue
+            _, seq, turns, system_prompt, params, timeout_s = msg
+            prepared = _prepare(backend, info, template, conn, seq, turns, system_prompt, params)
+            if prepared is None:
+                continue
+            tokens, stop, params = prepared
+            if not free:  # the pool never sends more jobs than slots; refuse rather than corrupt a slot
+                conn.send(("failed", seq, "error", "no free slot in this worker", ""))
+                continue
+            slot = free.pop()
+            backend.add(slot, tokens, params)
+            running[slot] = _Running(seq, slot, TextAssembler(backend.detokenize, backend.is_eos, stop,
+                                                              params.max_new_tokens),
+                                     len(tokens), time.monotonic() + timeout_s, timeout_s)
+        now = time.monotonic()
+        for job in list(running.values()):
+            if job.cancelled:
+                finish(job, "cancelled")
+            elif now > job.deadline:
+                finish(job, "timeout")
+        if not running:
+            continue
+        try:
+            produced = backend.step()
+        except Exception as exc:
+            log.exception("batched generation failed")
+            for job in list(running.values()):
+                conn.send(("failed", job.seq, "error", f"the model failed while answering: {exc}", job.text.text))
+                backend.remove(job.slot)
+            free[:] = list(range(settings.parallel_slots))
+            running.clear()
+            continue
+        for slot, token in produced:
+            job = running[slot]
+            piece = job.text.feed(token)
+            if piece:
+                conn.send(("piece", job.seq, piece))
+            if job.text.finish_reason is not None:
+                finish(job, job.text.finish_reason)
+        for job in list(running.values()):
+            if backend.context_full(job.slot):
+                finish(job, "length")

@@ -26,8 +26,8 @@ class ModelInfo:
     detail: str = ""  # library-specific note, e.g. the ctransformers lib variant
 
 
-class Backend(Protocol):
-    """One loaded model. Not thread-safe: one per process."""
+class Model(Protocol):
+    """One loaded model, as prompt building needs it. Not thread-safe: one per process."""
 
     def load(self) -> ModelInfo:
         """Load the model file; raise ``ModelFileError`` with a clear message if it cannot be read."""
@@ -35,13 +35,6 @@ class Backend(Protocol):
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         """Tokens of a prompt. Special tokens in the text are parsed; ``add_bos`` adds a BOS if the model has one."""
-        ...
-
-    def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:
-        """Sample token ids after the prompt, one at a time, until the caller stops iterating.
-
-        End-of-text tokens are yielded too: the caller checks ``is_eos``.
-        """
         ...
 
     def detokenize(self, tokens: list[int]) -> bytes:
@@ -54,4 +47,15 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the model's memory."""
+        ...
+
+
+class Backend(Model, Protocol):
+    """A model that answers one sequence at a time, token by token."""
+
+    def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:
+        """Sample token ids after the prompt, one at a time, until the caller stops iterating.
+
+        End-of-text tokens are yielded too: the caller checks ``is_eos``.
+        """
         ...
