@@ -146,8 +146,6 @@ def plain_text(text: str, strip_user: str | None = None) -> str:
         inner = match.group(1)
         target, _, label = inner.partition("|")
         if target.startswith("@"):
-            if strip_user is not None and target[1:] == strip_user:
-                return ""
             return "@" + (label or target[1:])
         if target.startswith("#"):
             return "#" + (label or target[1:])
@@ -161,6 +159,8 @@ def plain_text(text: str, strip_user: str | None = None) -> str:
             return label or target
         return f"{label} ({target})"
 
+    if strip_user is not None:  # "<@BOT>: question", "hi <@BOT>, question": the punctuation goes with it
+        text = re.sub(rf"<@{re.escape(strip_user)}(?:\|[^<>]*)?>[,:]?", "", text)
     text = _MARKUP.sub(replace, text)
     text = re.sub(r"&(lt|gt|amp);", lambda m: _ESCAPES[m.group(0)], text)
     text = re.sub(r"[ \t]{2,}", " ", text)
