@@ -171,6 +171,24 @@ async def test_a_follow_up_in_a_thread_the_bot_answered_in_gets_the_thread_as_co
     assert len(recorder.jobs) == 1
 
 
+async def test_an_answer_past_the_message_limit_continues_in_new_messages(
+        slack: FakeSlack, engine: Engine, start_adapter: StartAdapter) -> None:
+    recorder = Recorder(engine)
+    await start_adapter(recorder, message_limit=60)
+    message = slack.user_says("<@UBOT> Write a short poem about the mountains.")
+    await slack.push(slack.as_mention(message))
+    await slack.wait_for(lambda: recorder.handles and recorder.handles[0].done, timeout=60)
+    done = recorder.handles[0].final
+    assert isinstance(done, Done)
+    final = await slack.wait_final(message["ts"])
+    texts = [m["text"] for m in slack.bot_messages(message["ts"])]
+    assert final == texts[-1]
+    assert all(len(t) <= 60 + 8 and not t.endswith(Messages.CURSOR) for t in texts)  # mrkdwn may add a little
+    if len(done.text) > 60:
+        assert len(texts) >= 2
+    assert "".join("".join(texts).split()) == "".join(markdown_to_mrkdwn(done.text).split())
+
+
 async def test_busy_engine_queued_placeholder_and_fast_acks(
         slack: FakeSlack, engine: Engine, start_adapter: StartAdapter) -> None:
     recorder = Recorder(engine)
@@ -308,7 +326,9 @@ async def test_malformed_envelopes_are_skipped_and_the_next_event_works(
     assert len(skipped) == len(bad_payloads)
 
 
-async def test_a_dropped_socket_reconnects(slack: FakeSlack, start_adapter: StartAdapter) -> None:
+async def test_a_dropped_socket_reconnects_and_no_token_reaches_the_log(
+        slack: FakeSlack, start_adapter: StartAdapter, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     adapter = await start_adapter(Recorder(None))
     assert adapter.connected and slack.connections == 1
     await slack.drop_socket()
@@ -318,6 +338,9 @@ async def test_a_dropped_socket_reconnects(slack: FakeSlack, start_adapter: Star
     await slack.push(slack.as_mention(message))
     assert await slack.wait_final(message["ts"]) == Messages.HELP
     assert adapter.connected
+    logged = "\n".join(r.getMessage() for r in caplog.records) + repr(adapter.settings)
+    assert "apps.connections.open" in logged  # slack_sdk's debug lines were captured
+    assert slack.bot_token not in logged and slack.app_token not in logged
 
 
 async def test_rejected_tokens_and_an_unreachable_api_fail_start_clearly(slack: FakeSlack) -> None:
