@@ -226,6 +226,8 @@ def decide(message: SlackMessage, me: BotIdentity, policy: AccessPolicy, *,
     elif policy.follow_threads and message.in_thread:
         if policy.allowed_channels and message.channel not in policy.allowed_channels:
             return Ignore("a thread in a channel the bot does not answer in")
+        if re.search(r"<@[UW]", message.text):
+            return Ignore("a thread reply addressed to someone else")
         if thread_is_ours is None:
             return CheckThread()
         if not thread_is_ours:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -84,6 +85,8 @@ def test_thread_replies_without_a_mention_need_the_bot_in_the_thread() -> None:
     assert decide(reply, ME, EVERYONE, thread_is_ours=True) == Question(
         "Thanks! And what about <generators> & iterators?")
     assert isinstance(decide(reply, ME, AccessPolicy(follow_threads=False)), Ignore)
+    to_someone_else = replace(reply, text="<@U0G9QF9C6> what do you think?")
+    assert isinstance(decide(to_someone_else, ME, EVERYONE, thread_is_ours=True), Ignore)
     broadcast = message(p.THREAD_BROADCAST)
     assert decide(broadcast, ME, EVERYONE) == CheckThread()
     assert isinstance(decide(message(p.TOP_LEVEL_CHATTER), ME, EVERYONE), Ignore)
