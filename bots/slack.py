@@ -441,7 +441,8 @@ class SlackAdapter:
                 if ours is None:
                     history = await self._history(message)
                     ours = history is not None and bot_in_thread(history, self.me)
-                    self._threads.put(thread_key, ours)
+                    if history is not None:  # a failed read is no answer: ask again next time
+                        self._threads.put(thread_key, ours)
                 decision = decide(message, self.me, self.settings.policy, thread_is_ours=ours)
             if isinstance(decision, Ignore):
                 return
