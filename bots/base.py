@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from bots.text import _cut
+from engine.config import Env
 from engine.engine import JobHandle, JobSubmitter
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
 from engine.types import Done, Failed, Job, Queued, Role, TextPiece, Turn
@@ -81,6 +82,14 @@ class RateLimiter:
         return 0.0
 
 
+def rate_limit_from_environ(environ: Mapping[str, str]) -> RateLimiter:
+    """The per-user limit shared by every adapter: RATE_LIMIT_PER_USER (default 5, 0 = off) requests per
+    RATE_LIMIT_PERIOD_S (default 60) seconds. Raises ``ConfigError`` naming the variable on a bad value."""
+    env = Env(environ)
+    return RateLimiter(env.int("RATE_LIMIT_PER_USER", 5, lo=0, hi=100_000),
+                       env.float("RATE_LIMIT_PERIOD_S", 60.0, lo=0.0, lo_open=True))
+
+
 def allowed(value: str | None, allow_list: frozenset[str]) -> bool:
     """Empty allow-list: everyone."""
     return not allow_list or (value is not None and value in allow_list)
@@ -117,12 +126,16 @@ def submit(engine: JobSubmitter, job: Job) -> JobHandle | str:
         return ""  # the platform sent the event twice: the first copy is being answered
 
 
-async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: StreamStyle) -> Done | Failed:
+async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: StreamStyle, *,
+                       placeholder: str = "") -> Done | Failed:
     """Stream a job's answer into ``message_id`` (a placeholder), editing at most once per interval and
     continuing in new messages past ``style.limit``. Ends with exactly one final edit; returns the final event.
+
+    ``placeholder`` is the text the message shows already, so an event that would show the same text (such as
+    the queue position it was posted with) costs no edit.
     """
     current = ""  # model text shown in the current message
-    shown = ""  # what the current message shows now
+    shown = placeholder  # what the current message shows now
     last_edit = 0.0
     ids = [message_id]
 

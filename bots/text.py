@@ -36,7 +36,7 @@ def split_message(text: str, limit: int) -> list[str]:
 
 
 def _fences(text: str) -> list[int]:
-    return [m.start() for m in re.finditer(r"^\s*```", text, flags=re.MULTILINE)]
+    return [m.start() for m in re.finditer(r"^[ \t]*```", text, flags=re.MULTILINE)]
 
 
 def _cut(text: str, limit: int) -> tuple[int, str]:
@@ -49,11 +49,13 @@ def _cut(text: str, limit: int) -> tuple[int, str]:
     def in_code(pos: int) -> bool:
         return any(a < pos <= b for a, b in spans)
 
-    for pattern in (r"\n\s*\n", r"\n", r"[.!?。！？](?=\s)", r" "):
-        candidates = [m.end() for m in re.finditer(pattern, window) if m.end() > limit // 3]
-        candidates = [c for c in candidates if not in_code(c)]
-        if candidates:
-            return candidates[-1], ""
+    # a boundary outside code, preferably past a third of the limit (no tiny chunks), before cutting into code
+    for shortest in (limit // 3, 1):
+        for pattern in (r"\n\s*\n", r"\n", r"[.!?。！？](?=\s)", r" "):
+            candidates = [m.end() for m in re.finditer(pattern, window) if m.end() >= shortest]
+            candidates = [c for c in candidates if not in_code(c)]
+            if candidates:
+                return candidates[-1], ""
     # no boundary outside code: cut inside the code block at a line end and reopen it
     for a, b in spans:
         if a < len(window) <= b:
@@ -66,7 +68,7 @@ def _cut(text: str, limit: int) -> tuple[int, str]:
 
 # ---- Markdown -> Slack mrkdwn ----
 
-_CODE = re.compile(r"(```.*?```|`[^`\n]+`)", re.DOTALL)
+_CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]+`)", re.DOTALL)  # an unclosed block (mid-stream) runs to the end
 
 
 def escape_slack(text: str) -> str:
@@ -89,6 +91,8 @@ def markdown_to_mrkdwn(text: str) -> str:
                 first, _, rest = body.partition("\n")
                 if first.strip() and " " not in first.strip() and rest:
                     body = rest  # drop a language tag
+                if not body.strip():  # a fence just opened, mid-stream
+                    continue
                 out.append(FENCE + escape_slack(body) + FENCE)
             else:
                 out.append(escape_slack(part))
@@ -97,12 +101,16 @@ def markdown_to_mrkdwn(text: str) -> str:
     return "".join(out)
 
 
+_BOLD, _ITALIC = "\x01", "\x02"  # stand-ins, so that one rule's output is not read by the next
+
+
 def _inline(text: str) -> str:
     text = re.sub(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)", r"<\2|\1>", text)  # links
-    text = re.sub(r"^#{1,6}\s+(.+?)\s*#*$", r"*\1*", text, flags=re.MULTILINE)  # headings -> bold line
+    text = re.sub(r"^#{1,6}\s+(.+?)\s*#*$",  # headings -> a bold line
+                  lambda m: _BOLD + re.sub(r"\*\*|__", "", m.group(1)) + _BOLD, text, flags=re.MULTILINE)
     text = re.sub(r"^(\s*)[-*+]\s+", r"\1• ", text, flags=re.MULTILINE)  # bullets
-    # italics first (single * or _), marked with a placeholder so bold's output is not read as italics
-    text = re.sub(r"(?<![*\w])\*(?!\s)([^*\n]+?)(?<!\s)\*(?![*\w])", "\x00\\1\x00", text)
-    text = re.sub(r"(\*\*|__)(?!\s)(.+?)(?<!\s)\1", r"*\2*", text)  # bold
+    text = re.sub(r"\*\*\*(?!\s)(.+?)(?<!\s)\*\*\*", _BOLD + _ITALIC + r"\1" + _ITALIC + _BOLD, text)
+    text = re.sub(r"(\*\*|__)(?!\s)(.+?)(?<!\s)\1", _BOLD + r"\2" + _BOLD, text)
+    text = re.sub(r"(?<![*\w])\*(?!\s)([^*\n]+?)(?<!\s)\*(?![*\w])", _ITALIC + r"\1" + _ITALIC, text)
     text = re.sub(r"~~(.+?)~~", r"~\1~", text)
-    return text.replace("\x00", "_")
+    return text.replace(_BOLD, "*").replace(_ITALIC, "_")

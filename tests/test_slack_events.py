@@ -1,0 +1,209 @@
+"""Slack payloads to decisions and jobs: the pure half of the adapter, on recorded payloads."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from bots.base import Messages
+from bots.slack_events import (
+    AccessPolicy,
+    BotIdentity,
+    CheckThread,
+    Deny,
+    Ignore,
+    Ignored,
+    MalformedEvent,
+    Notice,
+    Question,
+    Recent,
+    SlackMessage,
+    bot_in_thread,
+    bot_text_for_history,
+    build_job,
+    decide,
+    event_of,
+    parse_message,
+    plain_text,
+    post_args,
+    thread_turns,
+    update_args,
+)
+from engine.types import Turn
+from tests import slack_payloads as p
+
+ME = BotIdentity(user_id=p.BOT_USER, bot_id=p.BOT_ID)
+EVERYONE = AccessPolicy()
+
+
+def message(body: dict[str, Any]) -> SlackMessage:
+    parsed = parse_message(event_of(body), ME)
+    assert isinstance(parsed, SlackMessage), parsed
+    return parsed
+
+
+def test_a_mention_and_its_message_copy_are_the_same_message_with_the_same_question() -> None:
+    mention, copy = message(p.APP_MENTION), message(p.MESSAGE_WITH_MENTION)
+    assert mention.key == copy.key == ("C0LAN2Q65", "1515449483.000108")
+    question = Question("What is a closure in Python (https://python.org)?")
+    assert decide(mention, ME, EVERYONE) == decide(copy, ME, EVERYONE) == question
+    assert mention.reply_thread_ts == "1515449483.000108" and not mention.in_thread
+
+
+def test_replies_go_to_the_thread_of_a_threaded_message() -> None:
+    reply = message(p.MENTION_IN_THREAD)
+    assert reply.in_thread and reply.reply_thread_ts == "1515449483.000108"
+    assert decide(reply, ME, EVERYONE) == Question("and in Rust?")
+
+
+def test_dms_are_answered_without_a_mention() -> None:
+    dm = message(p.DM)
+    assert dm.is_dm and decide(dm, ME, EVERYONE) == Question("How do I reverse a list?")
+    with_file = message(p.FILE_SHARE_DM_WITH_TEXT)
+    assert with_file.has_files and decide(with_file, ME, EVERYONE) == Question("What does this log say?")
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (p.OWN_MESSAGE, "our own message"),
+    (p.OTHER_BOT, "another bot's message"),
+    (p.LEGACY_BOT_MESSAGE, "message subtype 'bot_message'"),
+    (p.MESSAGE_CHANGED, "message subtype 'message_changed'"),
+    (p.MESSAGE_DELETED, "message subtype 'message_deleted'"),
+    (p.CHANNEL_JOIN, "message subtype 'channel_join'"),
+    (p.body({"type": "reaction_added", "user": "U1", "reaction": "thumbsup"}), "event type 'reaction_added'"),
+])
+def test_bookkeeping_and_bot_messages_never_trigger(payload: dict[str, Any], reason: str) -> None:
+    assert parse_message(event_of(payload), ME) == Ignored(reason)
+
+
+def test_thread_replies_without_a_mention_need_the_bot_in_the_thread() -> None:
+    reply = message(p.THREAD_REPLY)
+    assert decide(reply, ME, EVERYONE) == CheckThread()
+    assert isinstance(decide(reply, ME, EVERYONE, thread_is_ours=False), Ignore)
+    assert decide(reply, ME, EVERYONE, thread_is_ours=True) == Question(
+        "Thanks! And what about <generators> & iterators?")
+    assert isinstance(decide(reply, ME, AccessPolicy(follow_threads=False)), Ignore)
+    to_someone_else = replace(reply, text="<@U0G9QF9C6> what do you think?")
+    assert isinstance(decide(to_someone_else, ME, EVERYONE, thread_is_ours=True), Ignore)
+    broadcast = message(p.THREAD_BROADCAST)
+    assert decide(broadcast, ME, EVERYONE) == CheckThread()
+    assert isinstance(decide(message(p.TOP_LEVEL_CHATTER), ME, EVERYONE), Ignore)
+
+
+def test_access_lists_deny_others_but_not_silently() -> None:
+    mention = message(p.APP_MENTION)
+    denied_user = decide(mention, ME, AccessPolicy(allowed_users=frozenset({"U0SOMEONE"})))
+    assert isinstance(denied_user, Deny) and "SLACK_ALLOWED_USERS" in denied_user.reason
+    denied_channel = decide(mention, ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"})))
+    assert isinstance(denied_channel, Deny) and "SLACK_ALLOWED_CHANNELS" in denied_channel.reason
+    allowed = AccessPolicy(allowed_channels=frozenset({"C0LAN2Q65"}), allowed_users=frozenset({"U061F7AUR"}))
+    assert isinstance(decide(mention, ME, allowed), Question)
+    # DMs are not in a channel list; the user list still applies
+    assert isinstance(decide(message(p.DM), ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"}))), Question)
+    # in other channels the bot does not even look up threads
+    reply = message(p.THREAD_REPLY)
+    assert isinstance(decide(reply, ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"}))), Ignore)
+
+
+def test_empty_mentions_get_help_and_files_alone_get_the_no_text_notice() -> None:
+    assert decide(message(p.EMPTY_MENTION), ME, EVERYONE) == Notice(Messages.HELP)
+    files = message(p.FILES_ONLY_MENTION)
+    assert files.has_files and decide(files, ME, EVERYONE) == Notice(Messages.NO_TEXT)
+
+
+@pytest.mark.parametrize("payload", [
+    None, [], "text", {"type": "event_callback"}, {"event": 5}, {"event": "garbage"}, {"event": ["a"]},
+])
+def test_bodies_without_an_event_object_are_malformed(payload: Any) -> None:
+    with pytest.raises(MalformedEvent):
+        event_of(payload)
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "message", "channel": "C1", "user": "U1", "text": "no ts"},
+    {"type": "message", "ts": "1.2", "user": "U1", "text": "no channel"},
+    {"type": "app_mention", "channel": "C1", "ts": "1.2", "text": "no user"},
+    {"type": "message", "channel": "C1", "ts": "1.2", "user": "U1", "text": ["not", "a", "string"]},
+    {"type": "message", "channel": ["C1"], "ts": "1.2", "user": "U1", "text": "hi"},
+    {"type": "message", "channel": "C1", "ts": "1.2", "user": "U1", "text": "hi", "thread_ts": 1.2},
+])
+def test_messages_missing_what_a_person_s_message_has_are_malformed(event: dict[str, Any]) -> None:
+    with pytest.raises(MalformedEvent):
+        parse_message(event, ME)
+
+
+@pytest.mark.parametrize(("markup", "plain"), [
+    (f"<@{p.BOT_USER}> hi", "hi"),
+    (f"hi <@{p.BOT_USER}|engbot>, and <@U0G9QF9C6> too", "hi and @U0G9QF9C6 too"),
+    (f"<@{p.BOT_USER}>: what is 2 + 2?", "what is 2 + 2?"),
+    ("ask <@U0G9QF9C6|ann>", "ask @ann"),
+    ("in <#C0LAN2Q99|python-help> or <#C0LAN2Q98>", "in #python-help or #C0LAN2Q98"),
+    ("see <https://docs.python.org/3/|the docs>", "see the docs (https://docs.python.org/3/)"),
+    ("see <https://example.com>", "see https://example.com"),
+    ("see <http://example.com|example.com>", "see example.com"),
+    ("mail <mailto:a@b.org|a@b.org>", "mail a@b.org"),
+    ("<!here> <!channel> <!subteam^S0123|@oncall>", "@here @channel @oncall"),
+    ("due <!date^1392734382^{date_short}|Feb 18, 2014>", "due Feb 18, 2014"),
+    ("if a &lt; b &amp;&amp; c &gt; d", "if a < b && c > d"),
+    ("`x &lt;= 1`", "`x <= 1`"),
+])
+def test_slack_markup_becomes_plain_text_for_the_model(markup: str, plain: str) -> None:
+    assert plain_text(markup, p.BOT_USER) == plain
+
+
+def test_the_thread_becomes_the_conversation_with_the_bot_as_assistant() -> None:
+    reply = message(p.THREAD_REPLY)
+    history = p.REPLIES["messages"]
+    assert bot_in_thread(history, ME) and not bot_in_thread(history[:1], ME)
+    turns = thread_turns(history, reply, "And generators?", ME)
+    assert turns == (
+        Turn("user", "What is a closure in Python (https://python.org)?"),
+        Turn("assistant", "A *closure* is a function that remembers variables from its enclosing scope."),
+        Turn("user", "@U061F7AUR see also #python-help\n\nAnd generators?"),
+    )
+
+
+def test_history_leaves_out_status_messages_cursors_and_failure_notes() -> None:
+    assert bot_text_for_history(Messages.THINKING) == ""
+    assert bot_text_for_history(Messages.QUEUED.format(position=3)) == ""
+    assert bot_text_for_history(Messages.RATE_LIMITED.format(seconds=12)) == ""
+    assert bot_text_for_history(Messages.HELP) == ""
+    assert bot_text_for_history(Messages.FAILED) == ""
+    assert bot_text_for_history("Half an answer" + Messages.CURSOR) == "Half an answer"
+    assert bot_text_for_history("Half an answer\n\n" + Messages.SHUTDOWN) == "Half an answer"
+
+
+def test_history_tolerates_junk_and_falls_back_to_the_question() -> None:
+    reply = message(p.THREAD_REPLY)
+    junk: list[Any] = [None, "text", {"ts": 5, "text": "x"}, {"ts": "1.0"}, {"text": "no ts"}]
+    assert thread_turns(junk, reply, "Just this?", ME) == (Turn("user", "Just this?"),)
+    # a thread that starts with the bot (e.g. its parent was deleted) still starts with the user
+    only_bot = [{"user": p.BOT_USER, "bot_id": p.BOT_ID, "text": "Earlier answer", "ts": "1515449484.000109"}]
+    assert thread_turns(only_bot, reply, "Next?", ME) == (Turn("user", "Next?"),)
+
+
+def test_jobs_carry_the_platform_and_a_dedup_key_per_message() -> None:
+    mention, copy = message(p.APP_MENTION), message(p.MESSAGE_WITH_MENTION)
+    turns = (Turn("user", "q"),)
+    job = build_job(mention, turns)
+    assert job.platform == "slack" and job.turns == turns and job.params is None
+    assert job.dedup_key == build_job(copy, turns).dedup_key == "slack:C0LAN2Q65:1515449483.000108"
+
+
+def test_api_arguments_put_replies_in_the_thread() -> None:
+    assert post_args("C1", "1.2", "hi") == {"channel": "C1", "thread_ts": "1.2", "text": "hi",
+                                            "unfurl_links": False, "unfurl_media": False}
+    assert update_args("C1", "1.3", "edited") == {"channel": "C1", "ts": "1.3", "text": "edited"}
+
+
+def test_recent_forgets_after_its_ttl_and_past_its_size() -> None:
+    now = [0.0]
+    recent: Recent[str, bool] = Recent(ttl_s=10, max_size=2, clock=lambda: now[0])
+    assert recent.first_time("a", True) and not recent.first_time("a", True)
+    now[0] = 11
+    assert recent.first_time("a", True)  # expired
+    recent.put("b", True)
+    recent.put("c", False)
+    assert len(recent) == 2 and recent.get("a") is None and recent.get("c") is False
