@@ -37,6 +37,7 @@ class Messages:
     SHUTDOWN = "⚠️ I'm restarting and had to stop this answer: please ask again in a moment."
     CRASHED = "⚠️ The model worker crashed while answering. It has been restarted: please ask again."
     UNAVAILABLE = "⚠️ The bot is unavailable right now: please try again in a moment."
+    NOT_ALLOWED = "Sorry, I'm not allowed to answer here."
     NO_TEXT = "I can only read text: please type your question (files and images are not supported)."
     CURSOR = " ▌"
 
