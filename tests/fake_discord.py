@@ -360,7 +360,8 @@ class FakeDiscord:
         return _json(thread)
 
     def _store(self, msg: Payload) -> Payload:
-        self.channels.setdefault(msg["channel_id"], []).append(msg)
+        if self._find(msg["id"]) is None:  # a dispatch sent twice is still one message
+            self.channels.setdefault(msg["channel_id"], []).append(msg)
         return msg
 
     def _find(self, message_id: str) -> Payload | None:
