@@ -210,8 +210,11 @@ class ChannelSink:
         self._posted: dict[str, discord.Message] = {}
 
     async def post(self, text: str) -> str:
-        message = await self.channel.send(text, reference=self.reference)  # type: ignore[arg-type]
-        self.reference = None
+        if self.reference is not None:
+            message = await self.channel.send(text, reference=self.reference)
+            self.reference = None
+        else:
+            message = await self.channel.send(text)
         self._posted[str(message.id)] = message
         return str(message.id)
 
@@ -350,6 +353,7 @@ class DiscordAdapter:
 
     @property
     def connected(self) -> bool:
+        """Logged in, READY received, and the gateway connection open now."""
         client = self._client
         return (client is not None and client.is_ready() and not client.is_closed() and client.ws is not None
                 and client.ws.open)
@@ -359,7 +363,11 @@ class DiscordAdapter:
         self._intake = False
 
     async def close(self) -> None:
-        """Wait for the replies in flight (up to DRAIN_TIMEOUT_S), then disconnect."""
+        """Wait for the replies in flight (up to DRAIN_TIMEOUT_S), then disconnect.
+
+        Call it once the engine has stopped: its shutdown ends every answer with a final edit. A reply still
+        streaming after DRAIN_TIMEOUT_S is cancelled, with its job.
+        """
         self._intake, self._closing = False, True
         if self._replies:
             _, late = await asyncio.wait(set(self._replies), timeout=DRAIN_TIMEOUT_S)

@@ -162,7 +162,8 @@ async def test_start_registers_ask_logs_the_invite_url_and_stays_quiet_about_the
     (sync,) = fake.calls("PUT", rf"/applications/\d+/guilds/{GUILD_ID}/commands")
     (command,) = sync.body
     assert command["name"] == "ask"
-    assert command["options"][0]["name"] == "prompt" and command["options"][0]["required"]
+    (option,) = command["options"]
+    assert option["name"] == "prompt" and option["required"] and option["max_length"] == 6000
     invite = next(r.getMessage() for r in caplog.records if "Invite URL" in r.getMessage())
     assert "scope=bot+applications.commands" in invite and "permissions=309237713920" in invite
     assert all(TOKEN not in r.getMessage() for r in caplog.records)
