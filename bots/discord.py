@@ -169,6 +169,7 @@ class _Client(discord.Client):
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none(),
                          guild_ready_timeout=settings.guild_ready_timeout_s)
         self.adapter = adapter
+        # replaces the HTTP client discord.py just built, before anything has used it
         self.http = self._connection.http = _HTTPClient(self.loop, api_url=settings.api_url,
                                                         gateway_url=settings.gateway_url)
         # discord.py lets an exception in a payload parser end the connection: one bad payload would stop the bot
@@ -497,6 +498,13 @@ class DiscordAdapter:
     async def _earlier(self, message: discord.Message) -> list[discord.Message]:
         """The messages before ``message`` in its conversation, oldest first: the thread's or DM's history, else
         the chain of messages it replies to."""
+        try:
+            return await self._fetch_earlier(message)
+        except discord.HTTPException as exc:  # e.g. no Read Message History here: answer without the context
+            log.warning("could not read the conversation of message %s: %s", message.id, exc)
+            return []
+
+    async def _fetch_earlier(self, message: discord.Message) -> list[discord.Message]:
         channel = message.channel
         if isinstance(channel, discord.Thread | discord.DMChannel):
             earlier = [m async for m in channel.history(limit=HISTORY_LIMIT, before=message)]

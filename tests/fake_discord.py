@@ -108,7 +108,8 @@ def message(channel_id: int, content: str, author: Payload = ALICE, *, in_guild:
         data["type"] = type_ or 19
         data["message_reference"] = {"message_id": reference["id"], "channel_id": reference["channel_id"],
                                      "guild_id": reference.get("guild_id")}
-        data["referenced_message"] = reference
+        # Discord resolves one level: the referenced message comes without its own referenced message
+        data["referenced_message"] = {k: v for k, v in reference.items() if k != "referenced_message"}
     return data
 
 
@@ -162,7 +163,7 @@ class FakeDiscord:
         self.callbacks: list[Payload] = []  # interaction responses: {"type": 4|5, "data": {...}}
         self.commands: list[Payload] = []
         self.threads: list[Payload] = []
-        self._limited: list[tuple[str, re.Pattern[str], float]] = []
+        self._faults: list[tuple[str, re.Pattern[str], int, float]] = []
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = itertools.count(1)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
@@ -211,7 +212,11 @@ class FakeDiscord:
 
     def rate_limit_once(self, method: str, pattern: str, retry_after: float = 0.3) -> None:
         """Answer the next matching request with 429 and Retry-After, as Discord does."""
-        self._limited.append((method, re.compile(pattern + "$"), retry_after))
+        self._faults.append((method, re.compile(pattern + "$"), 429, retry_after))
+
+    def refuse_once(self, method: str, pattern: str, status: int = 403) -> None:
+        """Answer the next matching request with an error, as when the bot lacks a permission."""
+        self._faults.append((method, re.compile(pattern + "$"), status, 0.0))
 
     async def dispatch(self, event: str, data: Any) -> None:
         """Push a gateway dispatch to the connected client."""
@@ -267,9 +272,11 @@ class FakeDiscord:
         raw = await request.read()
         body = json.loads(raw) if raw and request.content_type == "application/json" else None
         self.requests.append(Request(request.method, path, dict(request.query), body))
-        for i, (method, pattern, retry_after) in enumerate(self._limited):
+        for i, (method, pattern, status, retry_after) in enumerate(self._faults):
             if method == request.method and pattern.match(path):
-                del self._limited[i]
+                del self._faults[i]
+                if status != 429:
+                    return _json({"message": "Missing Access", "code": 50001}, status=status)
                 return _json({"message": "You are being rate limited.", "retry_after": retry_after,
                               "global": False}, status=429,
                              headers={"Retry-After": str(retry_after), "Via": "1.1 google",

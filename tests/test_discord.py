@@ -19,7 +19,7 @@ import pytest
 from bots.base import Messages
 from bots.discord import DiscordAdapter, DiscordSettings, rate_limit_from_environ
 from engine.engine import Engine, JobHandle
-from engine.errors import ConfigError
+from engine.errors import ConfigError, QueueFull
 from engine.types import GenParams, Job, TextPiece
 from tests.conftest import EngineFactory
 from tests.fake_discord import (
@@ -51,6 +51,17 @@ class Recorder:
         self.jobs.append(job)
         self.handles.append(self.engine.submit(job))
         return self.handles[-1]
+
+
+class FullEngine:
+    """An engine whose queue is always full; it keeps the jobs it refused."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def submit(self, job: Job) -> JobHandle:
+        self.jobs.append(job)
+        raise QueueFull(1)
 
 
 class NoEngine:
@@ -170,6 +181,12 @@ async def test_start_registers_ask_logs_the_invite_url_and_stays_quiet_about_the
     await adapter.stop_intake()
     await adapter.close()
     assert not adapter.connected
+
+
+async def test_without_a_guild_id_ask_is_registered_everywhere(fake: FakeDiscord, connect: AdapterFactory) -> None:
+    await connect(NoEngine(), guild_id=None)
+    (sync,) = fake.calls("PUT", r"/applications/\d+/commands")
+    assert [c["name"] for c in sync.body] == ["ask"]
 
 
 async def test_a_refused_token_is_a_config_error(fake: FakeDiscord, connect: AdapterFactory) -> None:
@@ -292,6 +309,30 @@ async def test_a_mention_gets_a_thread_and_follow_ups_there_continue_the_convers
     assert turns == [("user", "What is the capital of France? Ask @Bob."), ("assistant", first["content"]),
                      ("user", "And of Germany?")]
     assert len(fake.threads) == 1 and fake.bot_messages(CHANNEL_ID) == []
+
+
+async def test_context_of_a_reply_chain_and_ask_in_a_dm(fake: FakeDiscord, connect: AdapterFactory) -> None:
+    engine = FullEngine()
+    await connect(engine)
+    question = await fake.say(CHANNEL_ID, "Our build fails with `error: linker not found`.", author=BOB)
+    comment = await fake.say(CHANNEL_ID, "Same here since Monday.", reference=question)
+    asked = await fake.say(CHANNEL_ID, f"{mention()} why?", mentions=(BOT,), reference=comment)
+    (notice,) = await answer_in(fake, asked["id"])
+    assert notice["content"] == Messages.BUSY
+    assert [(t.role, t.content) for t in engine.jobs[0].turns] == [
+        ("user", "Our build fails with `error: linker not found`.\n\nSame here since Monday.\n\nwhy?")]
+    assert fake.calls("GET", rf"/channels/{CHANNEL_ID}/messages/{question['id']}")  # the second link is fetched
+    await fake.say(DM_ID, "Earlier message", in_guild=False)
+    await answer_in(fake, DM_ID)
+    fake.refuse_once("GET", rf"/channels/{DM_ID}/messages")  # the context cannot be read: answer without it
+    await fake.say(DM_ID, "Hi there", in_guild=False)
+    _, busy = await answer_in(fake, DM_ID, count=2)
+    assert busy["content"] == Messages.BUSY
+    assert [t.content for t in engine.jobs[-1].turns] == ["Hi there"]
+    in_dm = await fake.ask("Hello from a DM", in_guild=False)
+    callback = await fake.wait_for(lambda: fake.callback_for(in_dm))
+    assert callback["data"]["content"] == Messages.BUSY and callback["data"]["flags"] & 64
+    assert engine.jobs[-1].turns[-1].content == "Hello from a DM"
 
 
 # ---- busy, rate limit, errors, access ----
