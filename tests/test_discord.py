@@ -273,15 +273,15 @@ async def test_unusual_prompts_each_get_a_clear_reply(
 
 async def test_when_the_interaction_token_runs_out_the_answer_moves_to_the_channel(
         fake: FakeDiscord, connect: AdapterFactory, engine_factory: EngineFactory) -> None:
-    adapter = await connect(await engine_factory(MAX_NEW_TOKENS=200))
-    adapter.interaction_ttl_s = 1.0
+    adapter = await connect(await engine_factory(MAX_NEW_TOKENS=120))
+    adapter.interaction_ttl_s = 0.5
     asked = await fake.ask("Write a story about a robot who learns to paint.")
     posted = await answer_in(fake, CHANNEL_ID, count=2)
     deferred = fake.callback_for(asked)
     original = fake.original(asked)
     assert deferred is not None and original is not None and original["content"] == Messages.MOVED
     (moved,) = fake.calls("POST", rf"/channels/{CHANNEL_ID}/messages")
-    assert moved.at - deferred["at"] >= 1.0
+    assert moved.at - deferred["at"] >= 0.5
     assert "webhook_id" not in posted[-1] and is_final(posted[-1]["content"])
     assert not [r for r in fake.calls("PATCH", r"/webhooks/.*") if r.at > moved.at]  # the token is left alone
 
