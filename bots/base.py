@@ -38,6 +38,8 @@ class Messages:
     SHUTDOWN = "⚠️ I'm restarting and had to stop this answer: please ask again in a moment."
     CRASHED = "⚠️ The model worker crashed while answering. It has been restarted: please ask again."
     UNAVAILABLE = "⚠️ The bot is unavailable right now: please try again in a moment."
+    NOT_ALLOWED = "Sorry, I'm not allowed to answer here."
+    MOVED = "_(This answer ran longer than this message can be edited: it continues below.)_"
     NO_TEXT = "I can only read text: please type your question (files and images are not supported)."
     CURSOR = " ▌"
 

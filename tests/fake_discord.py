@@ -1,0 +1,420 @@
+"""A fake Discord on 127.0.0.1: the REST routes discord.py calls and the gateway WebSocket, in one aiohttp app.
+
+It keeps channels' messages (so history, edits and threads behave), records every REST request, and lets a test
+push gateway dispatches (messages, slash commands) as Discord would. Payload builders are module functions, so
+``test_discord_events.py`` builds real discord.py objects from the same dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import discord
+from aiohttp import WSMsgType, web
+
+Payload = dict[str, Any]
+
+TOKEN = "MTAx.fake.bot-token-for-tests"
+_ids = itertools.count(discord.utils.time_snowflake(datetime(2025, 1, 1, tzinfo=UTC)))
+
+
+def snowflake() -> int:
+    return next(_ids)
+
+
+BOT_ID, APP_ID, GUILD_ID, CHANNEL_ID, DM_ID, COMMAND_ID = (snowflake() for _ in range(6))
+ALICE_ID, BOB_ID, ROLE_ID, OTHER_CHANNEL_ID = (snowflake() for _ in range(4))
+MESSAGE_CONTENT_INTENT = 1 << 15
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def user(user_id: int, name: str, *, bot: bool = False) -> Payload:
+    return {"id": str(user_id), "username": name, "global_name": name.title(), "discriminator": "0",
+            "avatar": None, "bot": bot}
+
+
+BOT = user(BOT_ID, "engbot", bot=True)
+ALICE = user(ALICE_ID, "alice")
+BOB = user(BOB_ID, "bob")
+
+
+def member(user_payload: Payload, roles: tuple[int, ...] = ()) -> Payload:
+    return {"user": user_payload, "roles": [str(r) for r in roles], "joined_at": now_iso(), "deaf": False,
+            "mute": False, "flags": 0, "nick": None, "avatar": None, "premium_since": None, "pending": False,
+            "communication_disabled_until": None, "permissions": "2248473465835073"}
+
+
+def role(role_id: int, name: str, position: int) -> Payload:
+    return {"id": str(role_id), "name": name, "permissions": "2248473465835073", "position": position, "color": 0,
+            "hoist": False, "managed": False, "mentionable": True, "flags": 0}
+
+
+def text_channel(channel_id: int = CHANNEL_ID, name: str = "general") -> Payload:
+    return {"id": str(channel_id), "type": 0, "guild_id": str(GUILD_ID), "name": name, "position": 0,
+            "permission_overwrites": [], "nsfw": False, "parent_id": None, "rate_limit_per_user": 0, "topic": None,
+            "last_message_id": None, "flags": 0}
+
+
+def thread_channel(thread_id: int, parent_id: int, owner_id: int, name: str) -> Payload:
+    return {"id": str(thread_id), "type": 11, "guild_id": str(GUILD_ID), "parent_id": str(parent_id),
+            "owner_id": str(owner_id), "name": name, "last_message_id": None, "message_count": 0,
+            "member_count": 1, "rate_limit_per_user": 0, "flags": 0, "total_message_sent": 0,
+            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": now_iso(),
+                                "locked": False}}
+
+
+def guild(channels: list[Payload] | None = None) -> Payload:
+    return {
+        "id": str(GUILD_ID), "name": "Test server", "icon": None, "owner_id": str(ALICE_ID), "unavailable": False,
+        "roles": [role(GUILD_ID, "@everyone", 0), role(ROLE_ID, "engineers", 1)],
+        "channels": channels or [text_channel(), text_channel(OTHER_CHANNEL_ID, "random")],
+        "threads": [], "members": [member(BOT)], "member_count": 3, "emojis": [], "stickers": [], "features": [],
+        "large": False, "joined_at": now_iso(), "voice_states": [], "presences": [], "stage_instances": [],
+        "guild_scheduled_events": [], "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
+        "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0, "system_channel_id": None,
+        "system_channel_flags": 0, "premium_tier": 0, "preferred_locale": "en-US", "nsfw_level": 0,
+        "premium_progress_bar_enabled": False,
+    }
+
+
+def message(channel_id: int, content: str, author: Payload = ALICE, *, in_guild: bool = True,
+            mentions: tuple[Payload, ...] = (), roles: tuple[int, ...] = (), mention_roles: tuple[int, ...] = (),
+            reference: Payload | None = None, attachments: int = 0, type_: int = 0) -> Payload:
+    """A MESSAGE_CREATE payload; ``mentions`` are the users ``content`` mentions (Discord resolves them)."""
+    data: Payload = {
+        "id": str(snowflake()), "channel_id": str(channel_id), "author": author, "content": content,
+        "timestamp": now_iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
+        "mentions": list(mentions), "mention_roles": [str(r) for r in mention_roles],
+        "attachments": [{"id": str(snowflake()), "filename": f"file{i}.png", "size": 10, "url": "http://x/f",
+                         "proxy_url": "http://x/f"} for i in range(attachments)],
+        "embeds": [], "pinned": False, "type": type_, "flags": 0,
+    }
+    if in_guild:
+        data["guild_id"] = str(GUILD_ID)
+        if not author.get("bot"):
+            data["member"] = {k: v for k, v in member(author, roles).items() if k != "user"}
+    if reference is not None:
+        data["type"] = type_ or 19
+        data["message_reference"] = {"message_id": reference["id"], "channel_id": reference["channel_id"],
+                                     "guild_id": reference.get("guild_id")}
+        # Discord resolves one level: the referenced message comes without its own referenced message
+        data["referenced_message"] = {k: v for k, v in reference.items() if k != "referenced_message"}
+    return data
+
+
+def mention(user_payload: Payload = BOT) -> str:
+    return f"<@{user_payload['id']}>"
+
+
+def interaction(prompt: str, *, channel: Payload | None = None, roles: tuple[int, ...] = (),
+                in_guild: bool = True) -> Payload:
+    """An INTERACTION_CREATE payload for ``/ask prompt:...``."""
+    interaction_id = snowflake()
+    data: Payload = {
+        "id": str(interaction_id), "application_id": str(APP_ID), "type": 2, "token": f"itoken-{interaction_id}",
+        "version": 1, "app_permissions": "2248473465835073", "locale": "en-US", "entitlements": [],
+        "attachment_size_limit": 8 * 1024 * 1024, "context": 0 if in_guild else 1,
+        "data": {"id": str(COMMAND_ID), "name": "ask", "type": 1,
+                 "options": [{"name": "prompt", "type": 3, "value": prompt}]},
+    }
+    if in_guild:
+        channel = channel or text_channel()
+        data.update(guild_id=str(GUILD_ID), guild_locale="en-US", member=member(ALICE, roles),
+                    authorizing_integration_owners={"0": str(GUILD_ID)})
+    else:
+        channel = channel or {"id": str(DM_ID), "type": 1, "recipients": [ALICE], "last_message_id": None}
+        data.update(user=ALICE, authorizing_integration_owners={"0": str(ALICE_ID)})
+    data["channel"], data["channel_id"] = channel, channel["id"]
+    return data
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # below the API root, e.g. /channels/1/messages
+    query: dict[str, str]
+    body: Any
+    at: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[[web.Request, "re.Match[str]", Any], Awaitable[web.StreamResponse]]
+
+
+class FakeDiscord:
+    """Start with ``await fake.start()``; point the adapter at ``api_url`` and ``gateway_url``."""
+
+    def __init__(self, *, refuse_message_content: bool = False) -> None:
+        self.refuse_message_content = refuse_message_content
+        self.requests: list[Request] = []
+        self.identifies: list[Payload] = []
+        self.channels: dict[str, list[Payload]] = {}  # channel id -> messages, oldest first
+        self.interactions: dict[str, Payload] = {}  # token -> interaction
+        self.callbacks: list[Payload] = []  # interaction responses: {"type": 4|5, "data": {...}}
+        self.commands: list[Payload] = []
+        self.threads: list[Payload] = []
+        self._faults: list[tuple[str, re.Pattern[str], int, float]] = []
+        self._sockets: list[web.WebSocketResponse] = []
+        self._seq = itertools.count(1)
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            (method, re.compile(pattern + "$"), handler) for method, pattern, handler in (
+                ("GET", r"/users/@me", self._me),
+                ("GET", r"/oauth2/applications/@me", self._application),
+                ("PUT", r"/applications/\d+(?:/guilds/\d+)?/commands", self._sync),
+                ("POST", r"/interactions/(\d+)/([^/]+)/callback", self._callback),
+                ("PATCH", r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", self._webhook_edit),
+                ("POST", r"/webhooks/\d+/([^/]+)", self._followup),
+                ("POST", r"/channels/(\d+)/messages", self._post),
+                ("PATCH", r"/channels/(\d+)/messages/(\d+)", self._edit),
+                ("GET", r"/channels/(\d+)/messages", self._history),
+                ("GET", r"/channels/(\d+)/messages/(\d+)", self._get),
+                ("POST", r"/channels/(\d+)/messages/(\d+)/threads", self._create_thread),
+            )
+        ]
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app)
+        self.port = 0
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        for ws in self._sockets:
+            await ws.close()
+        await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    # ---- what a test does ----
+
+    def rate_limit_once(self, method: str, pattern: str, retry_after: float = 0.3) -> None:
+        """Answer the next matching request with 429 and Retry-After, as Discord does."""
+        self._faults.append((method, re.compile(pattern + "$"), 429, retry_after))
+
+    def refuse_once(self, method: str, pattern: str, status: int = 403) -> None:
+        """Answer the next matching request with an error, as when the bot lacks a permission."""
+        self._faults.append((method, re.compile(pattern + "$"), status, 0.0))
+
+    async def dispatch(self, event: str, data: Any) -> None:
+        """Push a gateway dispatch to the connected client."""
+        if event == "MESSAGE_CREATE" and isinstance(data, dict) and "id" in data:
+            self._store(data)
+        for ws in self._sockets:
+            if not ws.closed:
+                await ws.send_str(json.dumps({"op": 0, "t": event, "s": next(self._seq), "d": data}))
+
+    async def say(self, channel_id: int, content: str, **kwargs: Any) -> Payload:
+        """A user posts a message."""
+        data = message(channel_id, content, **kwargs)
+        await self.dispatch("MESSAGE_CREATE", data)
+        return data
+
+    async def ask(self, prompt: str, **kwargs: Any) -> Payload:
+        """A user runs /ask."""
+        data = interaction(prompt, **kwargs)
+        self.interactions[data["token"]] = data
+        await self.dispatch("INTERACTION_CREATE", data)
+        return data
+
+    def messages(self, channel_id: int | str) -> list[Payload]:
+        return self.channels.get(str(channel_id), [])
+
+    def bot_messages(self, channel_id: int | str) -> list[Payload]:
+        return [m for m in self.messages(channel_id) if m["author"]["id"] == str(BOT_ID)]
+
+    def calls(self, method: str, pattern: str) -> list[Request]:
+        regex = re.compile(pattern + "$")
+        return [r for r in self.requests if r.method == method and regex.match(r.path)]
+
+    def callback_for(self, interaction_payload: Payload) -> Payload | None:
+        return next((c for c in self.callbacks if c["interaction_id"] == interaction_payload["id"]), None)
+
+    def original(self, interaction_payload: Payload) -> Payload | None:
+        """The interaction's response message as it stands."""
+        callback = self.callback_for(interaction_payload)
+        return None if callback is None else self._find(callback["message_id"])
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while not (result := predicate()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the fake Discord did not see what the test waited for")
+            await asyncio.sleep(0.02)
+        return result
+
+    # ---- REST ----
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        raw = await request.read()
+        body = json.loads(raw) if raw and request.content_type == "application/json" else None
+        self.requests.append(Request(request.method, path, dict(request.query), body))
+        for i, (method, pattern, status, retry_after) in enumerate(self._faults):
+            if method == request.method and pattern.match(path):
+                del self._faults[i]
+                if status != 429:
+                    return _json({"message": "Missing Access", "code": 50001}, status=status)
+                return _json({"message": "You are being rate limited.", "retry_after": retry_after,
+                              "global": False}, status=429,
+                             headers={"Retry-After": str(retry_after), "Via": "1.1 google",
+                                      "X-RateLimit-Scope": "user"})
+        if not path.startswith(("/webhooks/", "/interactions/")) and \
+                request.headers.get("Authorization") != f"Bot {TOKEN}":
+            return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+        for method, pattern, handler in self._routes:
+            match = pattern.match(path)
+            if match and method == request.method:
+                return await handler(request, match, body)
+        return _json({"message": "404: Not Found", "code": 0}, status=404)
+
+    async def _me(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        return _json(BOT)
+
+    async def _application(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        return _json({"id": str(APP_ID), "name": "engbot", "description": "", "icon": None, "bot_public": True,
+                      "bot_require_code_grant": False, "owner": ALICE, "verify_key": "0" * 64, "flags": 0,
+                      "team": None, "bot": BOT})
+
+    async def _sync(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        self.commands = [{**c, "id": str(COMMAND_ID), "application_id": str(APP_ID), "version": "1",
+                          "default_member_permissions": None, "type": c.get("type", 1)} for c in body]
+        return _json(self.commands)
+
+    async def _callback(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        source = self.interactions[match.group(2)]
+        data = body.get("data") or {}
+        msg = self._store(message(int(source["channel_id"]), data.get("content", ""), BOT,
+                                  in_guild="guild_id" in source))
+        msg.update(webhook_id=str(APP_ID), flags=data.get("flags", 0) | (128 if body["type"] == 5 else 0))
+        self.callbacks.append({"interaction_id": source["id"], "type": body["type"], "data": data,
+                               "message_id": msg["id"], "at": time.monotonic()})
+        return _json({"interaction": {"id": source["id"], "type": 2, "response_message_id": msg["id"],
+                                      "response_message_loading": body["type"] == 5,
+                                      "response_message_ephemeral": bool(data.get("flags", 0) & 64)},
+                      "resource": {"type": body["type"], "message": msg}})
+
+    async def _webhook_edit(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        token, message_id = match.groups()
+        if message_id == "@original":
+            callback = self.callback_for(self.interactions[token])
+            if callback is None:
+                return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
+            message_id = callback["message_id"]
+        return self._update(message_id, body)
+
+    async def _followup(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        source = self.interactions[match.group(1)]
+        msg = self._store(message(int(source["channel_id"]), body.get("content", ""), BOT,
+                                  in_guild="guild_id" in source))
+        msg["webhook_id"] = str(APP_ID)
+        return _json(msg)
+
+    async def _post(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        channel_id = match.group(1)
+        ref = body.get("message_reference")
+        reference = self._find(ref["message_id"]) if ref else None
+        msg = message(int(channel_id), body.get("content", ""), BOT, in_guild=channel_id != str(DM_ID),
+                      reference=reference)
+        await self.dispatch("MESSAGE_CREATE", msg)  # Discord echoes the bot's own messages on the gateway
+        return _json(msg)
+
+    async def _edit(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        return self._update(match.group(2), body)
+
+    async def _history(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        before = int(request.query.get("before", 1 << 63))
+        limit = int(request.query.get("limit", 50))
+        older = [m for m in self.messages(match.group(1)) if int(m["id"]) < before]
+        return _json(list(reversed(older))[:limit])  # newest first, as Discord sends them
+
+    async def _get(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        found = self._find(match.group(2))
+        return _json(found) if found else _json({"message": "Unknown Message", "code": 10008}, status=404)
+
+    async def _create_thread(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        channel_id, message_id = match.groups()
+        starter = self._find(message_id)
+        if starter is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        thread = thread_channel(int(message_id), int(channel_id), BOT_ID, body["name"])
+        self.threads.append(thread)
+        starter_notice = message(int(message_id), "", starter["author"], type_=21, reference=starter)
+        self._store(starter_notice)
+        await self.dispatch("THREAD_CREATE", {**thread, "newly_created": True})
+        return _json(thread)
+
+    def _store(self, msg: Payload) -> Payload:
+        if self._find(msg["id"]) is None:  # a dispatch sent twice is still one message
+            self.channels.setdefault(msg["channel_id"], []).append(msg)
+        return msg
+
+    def _find(self, message_id: str) -> Payload | None:
+        return next((m for msgs in self.channels.values() for m in msgs if m["id"] == message_id), None)
+
+    def _update(self, message_id: str, body: Any) -> web.StreamResponse:
+        found = self._find(message_id)
+        if found is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        if "content" in body:
+            found["content"] = body["content"]
+        found["flags"] = found.get("flags", 0) & ~128
+        found["edited_timestamp"] = now_iso()
+        found.setdefault("edits", []).append((time.monotonic(), body.get("content")))
+        return _json({k: v for k, v in found.items() if k != "edits"})
+
+    # ---- gateway ----
+
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
+        async for frame in ws:
+            if frame.type is not WSMsgType.TEXT:
+                break
+            payload = json.loads(frame.data)
+            if payload["op"] == 1:
+                await ws.send_str(json.dumps({"op": 11, "d": None, "s": None, "t": None}))
+            elif payload["op"] == 2:
+                self.identifies.append(payload["d"])
+                if payload["d"]["token"] != TOKEN:
+                    await ws.close(code=4004, message=b"Authentication failed.")
+                elif self.refuse_message_content and payload["d"]["intents"] & MESSAGE_CONTENT_INTENT:
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
+                else:
+                    await self.dispatch("READY", {
+                        "v": 10, "user": BOT, "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
+                        "session_id": "fake-session", "resume_gateway_url": self.gateway_url,
+                        "application": {"id": str(APP_ID), "flags": 0}, "shard": [0, 1],
+                    })
+                    await self.dispatch("GUILD_CREATE", guild())
+        return ws
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # discord.py parses a body as JSON only when the content type is exactly application/json (no charset)
+    return web.Response(body=json.dumps(data).encode(), status=status,
+                        headers={"Content-Type": "application/json", **(headers or {})})
