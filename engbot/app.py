@@ -9,17 +9,22 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from engbot.http import make_app, serve
 from engbot.logs import setup_logging
 from engine.config import LOG_FORMATS, EngineSettings, Env
 from engine.engine import Engine, JobSubmitter
+from engine.errors import ConfigError
 
 log = logging.getLogger("engbot")
 
 NO_ADAPTER = ("engbot: no chat platform is configured: set SLACK_BOT_TOKEN and SLACK_APP_TOKEN for Slack "
               "(docs/slack.md) and/or DISCORD_BOT_TOKEN for Discord (docs/discord.md), in the environment or .env")
+
+
+class AdapterStartError(Exception):
+    """A chat platform could not be reached at start."""
 
 
 class Adapter(Protocol):
@@ -57,19 +62,16 @@ class AppSettings:
 
 def adapters_from_environ(environ: Mapping[str, str], engine: JobSubmitter) -> list[Adapter]:
     """The adapters whose tokens are set (bad adapter settings raise ``ConfigError``)."""
-    adapters: list[Any] = []
-    with contextlib.suppress(ImportError):
-        from bots.slack import SlackAdapter, SlackSettings
+    from bots.discord import DiscordAdapter, DiscordSettings
+    from bots.slack import SlackAdapter, SlackSettings
 
-        slack = SlackSettings.from_environ(environ)
-        if slack is not None:
-            adapters.append(SlackAdapter(slack, engine))
-    with contextlib.suppress(ImportError):
-        from bots.discord import DiscordAdapter, DiscordSettings
-
-        discord = DiscordSettings.from_environ(environ)
-        if discord is not None:
-            adapters.append(DiscordAdapter(discord, engine))
+    adapters: list[Adapter] = []
+    slack = SlackSettings.from_environ(environ)
+    if slack is not None:
+        adapters.append(SlackAdapter(slack, engine))
+    discord = DiscordSettings.from_environ(environ)
+    if discord is not None:
+        adapters.append(DiscordAdapter(discord, engine))
     return adapters
 
 
@@ -83,7 +85,11 @@ def run(environ: Mapping[str, str]) -> int:
     if not adapters:
         print(NO_ADAPTER, file=sys.stderr)
         return 2
-    return asyncio.run(serve_until_signal(engine, adapters, app_settings))
+    try:
+        return asyncio.run(serve_until_signal(engine, adapters, app_settings))
+    except AdapterStartError as exc:
+        print(f"engbot: {exc}", file=sys.stderr)
+        return 1
 
 
 async def serve_until_signal(engine: Engine, adapters: list[Adapter], app_settings: AppSettings,
@@ -100,7 +106,12 @@ async def serve_until_signal(engine: Engine, adapters: list[Adapter], app_settin
         log.info("engine ready: %d workers x %d threads, model %s", len(engine.replicas),
                  engine.settings.num_threads, engine.settings.model_path.name)
         for adapter in adapters:
-            await adapter.start()
+            try:
+                await adapter.start()
+            except ConfigError:
+                raise  # a rejected token: the CLI prints it and exits 2
+            except Exception as exc:
+                raise AdapterStartError(f"{adapter.name} could not connect: {exc}") from exc
             log.info("%s adapter connected", adapter.name)
         await stop.wait()
         log.info("shutting down: no new questions; running answers get %.0f s", engine.settings.shutdown_grace_s)

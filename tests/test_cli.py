@@ -62,3 +62,13 @@ def test_doctor_fails_clearly_on_a_broken_model(tmp_path: Path) -> None:
     proc = engbot("doctor", cwd=tmp_path, env={"MODEL_PATH": str(broken)})
     assert proc.returncode == 2
     assert "broken.gguf" in proc.stderr and "truncated" in proc.stderr
+
+
+def test_run_with_a_rejected_or_unreachable_slack_says_so(tmp_path: Path) -> None:
+    env = {"SLACK_BOT_TOKEN": "xoxb-1-2-x", "SLACK_APP_TOKEN": "xapp-1-2-x", "HTTP_PORT": "0",
+           "SLACK_API_URL": "http://127.0.0.1:9/api/", "LOG_LEVEL": "ERROR"}  # nothing listens on port 9
+    proc = engbot("run", cwd=tmp_path, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "slack could not connect" in proc.stderr and "xoxb-1-2-x" not in proc.stderr
+    proc = engbot("run", cwd=tmp_path, env={**env, "SLACK_BOT_TOKEN": "bad-token"})
+    assert proc.returncode == 2 and "SLACK_BOT_TOKEN" in proc.stderr
