@@ -51,9 +51,41 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def settings(workers: int, threads: int, **kw: object) -> EngineSettings:
-    base = EngineSettings.from_environ({"NUM_WORKERS": str(workers), "NUM_THREADS": str(threads)})
+def settings(workers: int, threads: int, slots: int = 1, **kw: object) -> EngineSettings:
+    base = EngineSettings.from_environ({"NUM_WORKERS": str(workers), "NUM_THREADS": str(threads),
+                                        "PARALLEL_SLOTS": str(slots)})
     return replace(base, **kw)  # type: ignore[arg-type]
+
+
+LAYOUTS = ((1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 4), (1, 2, 4), (2, 1, 2))  # workers, threads, slots
+
+
+QUALITY = [("What is the capital of France?", "paris"), ("What is the capital of Japan?", "tokyo"),
+           ("Who wrote Romeo and Juliet?", "shakespeare"), ("What is the largest planet in our solar system?",
+                                                             "jupiter"),
+           ("How many days are in a week?", "seven|7"), ("What is the chemical symbol for water?", "h2o|h₂o"),
+           ("Who painted the Mona Lisa?", "vinci"), ("What is the boiling point of water in Celsius?", "100")]
+
+
+def right(answer: str, expected: str) -> bool:
+    return any(word in answer.lower() for word in expected.split("|"))
+
+
+def library_answers(questions: list[str], tokens: int) -> list[str]:
+    """Greedy chat completions by llama-cpp-python itself, one model, 1 thread."""
+    from llama_cpp import Llama
+
+    s = settings(1, 1)
+    llm = Llama(model_path=str(s.model_path), n_ctx=s.context_length, n_threads=1, verbose=False)
+    try:
+        out = []
+        for q in questions:
+            messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+            reply = llm.create_chat_completion(messages, max_tokens=tokens, temperature=0.0, repeat_penalty=1.0)
+            out.append(str(reply["choices"][0]["message"]["content"]))  # type: ignore[index]
+        return out
+    finally:
+        llm.close()
 
 
 def direct_library(prompt: str, tokens: int, threads: int) -> Run:
@@ -129,33 +161,57 @@ async def bench(quick: bool) -> list[str]:
             "| threads | direct tok/s | engine tok/s | ratio | direct TTFT ms | engine TTFT ms |",
             "|---|---|---|---|---|---|", *rows, ""]
 
-    # (b) throughput under a burst; (d) memory of the tree; (e) 4 concurrent for the default layout
+    # (b) throughput under a burst; (e) 4 concurrent answers; memory of the replicas for (d)
     rows = []
-    mem: dict[int, list[tuple[float, float]]] = {}
+    mem: dict[tuple[int, int, int], list[tuple[float, float]]] = {}
     burst = 4 if quick else 8
-    concurrent: dict[str, str] = {}
-    for workers, threads in ((1, 1), (2, 1), (1, 2)):
-        async with Engine(settings(workers, threads)) as engine:
+    concurrent: list[str] = []
+    for workers, threads, slots in LAYOUTS:
+        async with Engine(settings(workers, threads, slots)) as engine:
             await asyncio.gather(*(engine_run(engine, PROMPTS[i], greedy) for i in range(workers)))  # warm-up
             start = time.perf_counter()
             results = await asyncio.gather(*(engine_run(engine, PROMPTS[i % len(PROMPTS)], greedy)
                                              for i in range(burst)))
             wall = time.perf_counter() - start
             total = sum(r.tokens for r in results)
-            rows.append(f"| {workers} | {threads} | {burst} | {total} | {wall:.1f} | {total / wall:.1f} |")
-            if threads == 1:
-                mem[workers] = replica_memory(engine)
-            if threads == 1:
-                start = time.perf_counter()
-                four = await asyncio.gather(*(engine_run(engine, PROMPTS[i], greedy) for i in range(4)))
-                wall = time.perf_counter() - start
-                ttfts = [r.ttft for r in four]
-                concurrent[f"{workers} x 1"] = (
-                    f"| engbot, {workers} replica(s) x 1 thread | {sum(r.tokens for r in four) / wall:.0f} | "
-                    f"{pct(ttfts, 50):.2f} | {pct(ttfts, 95):.2f} |")
+            rows.append(f"| {workers} | {threads} | {slots} | {burst} | {total} | {wall:.1f} | {total / wall:.1f} |")
+            mem[(workers, threads, slots)] = replica_memory(engine)
+            start = time.perf_counter()
+            four = await asyncio.gather(*(engine_run(engine, PROMPTS[i], greedy) for i in range(4)))
+            wall = time.perf_counter() - start
+            ttfts = [r.ttft for r in four]
+            concurrent.append(
+                f"| engbot, {workers} worker(s) x {threads} thread(s) x {slots} slot(s) | "
+                f"{sum(r.tokens for r in four) / wall:.0f} | {pct(ttfts, 50):.2f} | {pct(ttfts, 95):.2f} |")
     out += ["## (b) Aggregate throughput under a burst",
-            f"{burst} jobs of {n_tokens} tokens submitted at once; tokens/s = all tokens / wall time.", "",
-            "| workers | threads | jobs | tokens | wall s | tok/s |", "|---|---|---|---|---|---|", *rows, ""]
+            f"{burst} jobs of {n_tokens} tokens submitted at once; tokens/s = all tokens / wall time. Workers are "
+            "replica processes, threads are ggml threads per replica, slots are answers one replica decodes "
+            "together (PARALLEL_SLOTS).", "",
+            "| workers | threads | slots | jobs | tokens | wall s | tok/s |", "|---|---|---|---|---|---|---|",
+            *rows, ""]
+
+    # (f) answer quality: the engine must not do worse than the library on the same settings
+    questions = [q for q, _ in QUALITY]
+    quality = GenParams(max_new_tokens=64, temperature=0.0, repeat_penalty=1.0)
+    lib = library_answers(questions, 64)
+    async with Engine(settings(1, 1)) as engine:
+        eng = [(await engine.submit(Job.ask(q, params=quality)).result()) for q in questions]
+    eng_text = [r.text if isinstance(r, Done) else "" for r in eng]
+    async with Engine(settings(1, 1, 4)) as engine:
+        batched = await asyncio.gather(*(engine.submit(Job.ask(q, params=quality)).result() for q in questions))
+    bat_text = [r.text if isinstance(r, Done) else "" for r in batched]
+    score = [sum(right(a, exp) for a, (_, exp) in zip(answers, QUALITY, strict=True))
+             for answers in (lib, eng_text, bat_text)]
+    same = sum(a == b for a, b in zip(lib, eng_text, strict=True))
+    quality_section = [
+        "## (f) Answer quality on the default model",
+        f"{len(QUALITY)} factual questions, greedy, 64 tokens, system prompt \"{SYSTEM}\"; an answer counts as right "
+        "when it holds the expected word.", "",
+        "| path | right |", "|---|---|",
+        f"| llama-cpp-python `create_chat_completion` | {score[0]} / {len(QUALITY)} |",
+        f"| engbot engine (1 slot) | {score[1]} / {len(QUALITY)} ({same} of {len(QUALITY)} answers identical to "
+        "the library's, token for token) |",
+        f"| engbot engine, 4 slots batched together | {score[2]} / {len(QUALITY)} |", ""]
 
     # (c) dispatch latency: submit -> Started (includes the pipe hop and prompt tokenization in the replica)
     async with Engine(settings(1, 1)) as engine:
@@ -180,7 +236,7 @@ async def bench(quick: bool) -> list[str]:
         totals = []
         for workers in (1, 2):
             if kv == "f16":
-                per = mem[workers]
+                per = mem[(workers, 1, 1)]
             else:
                 async with Engine(settings(workers, 1, kv_cache_type=kv)) as engine:
                     await asyncio.gather(*(engine_run(engine, PROMPTS[i], greedy) for i in range(workers)))
@@ -190,6 +246,10 @@ async def bench(quick: bool) -> list[str]:
                             f"{sum(rss for rss, _ in per):.0f} |")
         added = totals[1] - totals[0]
         mem_rows.append(f"| {kv} | second adds | | **{added:.0f}** = {added / totals[0]:.0%} of the first | |")
+    for layout in ((1, 1, 4), (1, 2, 4)):
+        per = mem[layout]
+        mem_rows.append(f"| f16, {layout[2]} slots, {layout[1]} thread(s) | 1 | {per[0][1]:.0f} | {per[0][1]:.0f} | "
+                        f"{per[0][0]:.0f} |")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.idle", stdout=asyncio.subprocess.PIPE)
     stdout, _ = await proc.communicate()
     idle_rss, idle_pss, alive = (float(x) for x in stdout.split())
@@ -206,11 +266,11 @@ async def bench(quick: bool) -> list[str]:
     out += ["## (e) 4 concurrent answers of " f"{n_tokens} tokens vs peers",
             "Peers as measured in shared/DESIGN.md on this machine type (128 tokens over HTTP).", "",
             "| server | aggregate tok/s | TTFT p50 s | TTFT p95 s |", "|---|---|---|---|",
-            *concurrent.values(),
+            *concurrent,
             "| llama-server, 4 parallel slots (DESIGN.md) | ~152 | - | 0.27 |",
             "| 2 x llama-server, 1 thread (DESIGN.md) | ~152 | - | 1.76 |",
             "| llama-cpp-python server (DESIGN.md) | ~70 | - | 5.3 |", ""]
-    return out
+    return out + quality_section
 
 
 def machine() -> str:
