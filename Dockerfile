@@ -86,8 +86,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8080
-# Liveness only (/readyz tells whether it can answer): python's urllib, so no curl in the image.
+# Liveness: GET /healthz on HTTP_HOST:HTTP_PORT with python's urllib (no curl in the image). /readyz tells
+# whether it can answer: `python -m engbot.healthcheck /readyz`.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HTTP_PORT', '8080'), timeout=4)"]
+    CMD ["python", "-m", "engbot.healthcheck"]
 ENTRYPOINT ["engbot"]
 CMD ["run"]

@@ -46,6 +46,14 @@ def test_hadolint_passes_on_the_dockerfile() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def make_project(directory: Path) -> Path:
+    """The compose example copied unchanged as docker-compose.yml next to a .env made from .env.example."""
+    directory.mkdir(exist_ok=True)
+    shutil.copy(COMPOSE_EXAMPLE, directory / "docker-compose.yml")
+    shutil.copy(ROOT / ".env.example", directory / ".env")
+    return directory
+
+
 def compose_config(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "ENGBOT_", "DOCKER_"))}
     return subprocess.run([tool("docker-compose"), "-f", str(project / "docker-compose.yml"), *args, "config",
@@ -55,10 +63,7 @@ def compose_config(project: Path, *args: str) -> subprocess.CompletedProcess[str
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """The compose example copied unchanged as docker-compose.yml next to a .env made from .env.example."""
-    shutil.copy(COMPOSE_EXAMPLE, tmp_path / "docker-compose.yml")
-    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
-    return tmp_path
+    return make_project(tmp_path / "project")
 
 
 def test_compose_example_is_valid_and_fits_the_settings(project: Path) -> None:
@@ -73,7 +78,7 @@ def test_compose_example_is_valid_and_fits_the_settings(project: Path) -> None:
     assert {"type": "bind", "source": str(project / "models"), "target": "/models", "read_only": True}.items() \
         <= bot["volumes"][0].items()
     assert bot["ports"][0]["host_ip"] == "127.0.0.1" and bot["ports"][0]["target"] == 8080
-    assert bot["environment"]["HTTP_PORT"] == "8080" and "8080/healthz" in " ".join(bot["healthcheck"]["test"])
+    assert bot["environment"]["HTTP_PORT"] == "8080" and bot["healthcheck"]["retries"] >= 1
 
     # Docker must wait longer than the engine's drain, with time left to stop the replicas
     grace = float(load_environ(project / ".env")["SHUTDOWN_GRACE_S"])
@@ -114,9 +119,9 @@ def healthcheck_command() -> list[str]:
     return command
 
 
-class Healthz(http.server.BaseHTTPRequestHandler):
+class Endpoints(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/healthz" else 404)
+        self.send_response({"/healthz": 200, "/readyz": 503}.get(self.path, 404))
         self.end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -124,8 +129,8 @@ class Healthz(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def healthz_port() -> Iterator[int]:
-    server = http.server.HTTPServer(("127.0.0.1", 0), Healthz)
+def endpoints_port() -> Iterator[int]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), Endpoints)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1]
@@ -133,14 +138,27 @@ def healthz_port() -> Iterator[int]:
     server.server_close()
 
 
-def test_image_healthcheck_asks_healthz_on_http_port(healthz_port: int) -> None:
+def test_image_and_compose_healthchecks_ask_healthz_on_http_port(endpoints_port: int, project: Path,
+                                                                 tmp_path: Path) -> None:
     command = healthcheck_command()
+    proc = compose_config(project)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["services"]["engbot"]["healthcheck"]["test"] == ["CMD", *command]
+    assert not any(" " in arg for arg in command), "podman's Docker API splits health check arguments at spaces"
     assert command[0] == "python"
-    run = [sys.executable, *command[1:]]
-    ok = subprocess.run(run, env={"HTTP_PORT": str(healthz_port)}, capture_output=True, timeout=30, check=False)
-    assert ok.returncode == 0, ok.stderr
-    down = subprocess.run(run, env={"HTTP_PORT": str(free_port())}, capture_output=True, timeout=30, check=False)
-    assert down.returncode != 0
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), **env}
+        return subprocess.run([sys.executable, *command[1:], *args], env=environ, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=30, check=False)
+
+    for host in ("0.0.0.0", "127.0.0.1", ""):
+        ok = run(HTTP_HOST=host, HTTP_PORT=str(endpoints_port))
+        assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    not_ready = run("/readyz", HTTP_PORT=str(endpoints_port))
+    assert not_ready.returncode == 1 and "HTTP 503" in not_ready.stderr
+    down = run(HTTP_PORT=str(free_port()))
+    assert down.returncode == 1 and "unhealthy" in down.stderr and "refused" in down.stderr
 
 
 def test_dockerignore_keeps_secrets_and_models_out() -> None:
