@@ -25,7 +25,7 @@ RUN python -m venv /opt/venv
 # as a loadable module; at model load ggml picks the best one for the CPU it runs on
 # (engine/backends/llama_cpp.py loads them). GGML_BACKEND_DIR puts the modules next to libggml.so in the wheel;
 # it must be typed STRING, or CMake turns the relative path into one inside the build tree and they are lost.
-# For a single portable variant (AVX2 and FMA required, about 6 minutes less to build):
+# For a single portable variant (needs AVX2, FMA, F16C and BMI2; about half the build time):
 #   --build-arg LLAMA_CMAKE_ARGS=-DGGML_NATIVE=OFF
 ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_BACKEND_DIR:STRING=llama_cpp/lib"
 
