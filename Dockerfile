@@ -29,13 +29,15 @@ RUN python -m venv /opt/venv
 #   --build-arg LLAMA_CMAKE_ARGS=-DGGML_NATIVE=OFF
 ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_BACKEND_DIR:STRING=llama_cpp/lib"
 
-# The dependencies first, from pyproject.toml alone (a layer kept until the dependencies change). pip's wheel
-# cache does not know CMAKE_ARGS, so each llama.cpp build configuration gets its own cache directory: a wheel
-# built with other flags is never reused.
+# The dependencies first, from pyproject.toml alone (a layer kept until the dependencies change; an empty
+# README stands in for the real one, so editing docs does not rebuild it). pip's wheel cache does not know
+# CMAKE_ARGS, so each llama.cpp build configuration gets its own cache directory: a wheel built with other flags
+# is never reused.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PIP_CACHE_DIR="/root/.cache/pip/cmake-$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)" \
+    touch README.md \
+    && PIP_CACHE_DIR="/root/.cache/pip/cmake-$(printf '%s' "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)" \
     CMAKE_ARGS="$LLAMA_CMAKE_ARGS" \
     pip install .
 
@@ -60,6 +62,7 @@ RUN for v in $DROP_CPU_VARIANTS; do rm -f "libggml-cpu-$v.so"; done \
 
 # Then engbot itself (no dependencies to resolve: a quick layer for code changes).
 WORKDIR /src
+COPY README.md ./
 COPY engine ./engine
 COPY engbot ./engbot
 COPY bots ./bots
