@@ -668,6 +668,7 @@ class RedisWorker:
         self._stopping = False
         self._connected = False
         self._takeover_after = 0.0  # after a reconnection, owners get one visibility timeout to refresh first
+        self._clock_offset_ms = 0  # Redis clock - ours; measured at start, refreshed by every takeover check
         self.finished = 0
         self.taken_over = 0
 
@@ -687,6 +688,7 @@ class RedisWorker:
         """Check Redis first (``QueueUnavailable``, fast), then load the model, then start claiming."""
         try:
             await _check_reachable(self._redis, self.settings, self.keys)
+            self._sync_clock(_now_ms(await self._redis.time()))
             self._connected = True
             await self.engine.start()
         except BaseException:
@@ -791,6 +793,7 @@ class RedisWorker:
                                 claim.attempt)
                     self.taken_over += 1
                 claims.append(claim)
+        self._sync_clock(int(now_ms))
         if claims:
             await self._start(claims, int(now_ms))
         return bool(claims)
@@ -814,14 +817,18 @@ class RedisWorker:
         except RedisError:
             raise_if_cancelled()
 
+    def _redis_now_ms(self) -> int:
+        """Redis's clock, estimated from ours (deadlines are in Redis time, which every host shares)."""
+        return int(time.time() * 1000) + self._clock_offset_ms
+
+    def _sync_clock(self, redis_now_ms: int) -> None:
+        self._clock_offset_ms = redis_now_ms - int(time.time() * 1000)
+
     async def _start(self, claims: list[_Claim], now_ms: int | None) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.time()
+        """Run new claims. No round trip here, on the way to the first token: a job cancelled while it waited
+        is stopped by its first write (Started), which finds the cancel key."""
+        now_ms = self._redis_now_ms() if now_ms is None else now_ms
         for claim in claims:
-            pipe.exists(self.keys.cancel(claim.job.id))
-        replies = await pipe.execute()
-        now_ms = _now_ms(replies[0]) if now_ms is None else now_ms
-        for claim, cancelled in zip(claims, replies[1:], strict=True):
             current = self._runs.get(claim.job.id)
             if current is not None:  # delivered again to this host, which already runs it: ignore
                 if current.claim.entry_id != claim.entry_id:
@@ -830,13 +837,13 @@ class RedisWorker:
             run = _Run(claim)
             self._runs[claim.job.id] = run
             self._all_done.clear()
-            task = asyncio.create_task(self._run(run, now_ms, bool(cancelled)), name=f"engbot-job-{claim.job.id[:8]}")
+            task = asyncio.create_task(self._run(run, now_ms), name=f"engbot-job-{claim.job.id[:8]}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------------------ one job
 
-    async def _run(self, run: _Run, now_ms: int, cancelled: bool) -> None:
+    async def _run(self, run: _Run, now_ms: int) -> None:
         claim = run.claim
         remaining_s = (claim.deadline_ms - now_ms) / 1000
         run.events_ttl_s = max(1, math.ceil(remaining_s)) + EVENTS_GRACE_S
@@ -845,9 +852,6 @@ class RedisWorker:
         try:
             if self._stopping:
                 run.handed_back = True
-                return
-            if cancelled:
-                await self._write(run, [], final=True)
                 return
             if remaining_s <= 0:
                 log.info("job %s: past its deadline when claimed", claim.job.id[:8])
