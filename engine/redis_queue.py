@@ -521,8 +521,12 @@ class RedisSubmitter:
                     if tracked is None or tracked.handle.done:
                         break
                     tracked.last_id = entry_id
-                    for wire in json.loads(values.get("b", "[]")):
-                        self._apply(tracked, wire)
+                    try:
+                        for wire in json.loads(values.get("b", "[]")):
+                            self._apply(tracked, wire)
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        log.error("job %s: skipping a malformed events entry %s", tracked.handle.job.id[:8],
+                                  entry_id)
 
     def _apply(self, tracked: _Tracked, wire: dict[str, Any]) -> None:
         attempt, seq = int(wire["a"]), int(wire["n"])
@@ -772,6 +776,10 @@ class RedisWorker:
                     log.warning("lost Redis (%s); retrying with backoff", describe_error(exc, self.settings))
                 self._connected = False
                 await asyncio.sleep(backoff(failures))
+                continue
+            except Exception:  # a bug must not leave a live worker that claims nothing
+                log.exception("unexpected error while claiming jobs")
+                await asyncio.sleep(backoff(5))
                 continue
             if failures:
                 log.info("Redis is back: claiming again")

@@ -7,6 +7,7 @@ The workers are shared by the module (each loads the model once); tests run in f
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -161,6 +162,28 @@ async def test_the_bound_is_cluster_wide_and_busy_at_once(submitters: SubmitterF
         final = await asyncio.wait_for(handle.result(), 10)
         assert isinstance(final, Failed) and final.kind == "timeout" and "1 s" in final.reason
     await first.asubmit(Job.ask("accepted again"))
+
+
+async def test_the_reader_follows_the_latest_attempt_only(submitters: SubmitterFactory,
+                                                         redis_server: RedisServer) -> None:
+    # events written by hand, as two hosts would: no worker serves this prefix
+    submitter = await submitters(REDIS_KEY_PREFIX="reader:")
+    handle = await submitter.asubmit(Job.ask("hi"))
+    stream = Keys("reader:").events(handle.job.id)
+
+    def batch(*events: tuple[int, int, Event]) -> dict[str, str]:
+        return {"b": json.dumps([event_to_wire(e, attempt=a, seq=n) for a, n, e in events])}
+
+    with redis_client(redis_server) as r:
+        r.xadd(stream, batch((1, 1, Started(0, 0.0, 5)), (1, 2, TextPiece("old "))))
+        r.xadd(stream, {"b": "not json"})
+        r.xadd(stream, batch((2, 1, Started(0, 0.0, 5)), (2, 2, TextPiece("new "))))
+        r.xadd(stream, batch((1, 3, TextPiece("late ")), (2, 2, TextPiece("new ")), (2, 3, TextPiece("text"))))
+        r.xadd(stream, batch((2, 4, Done("new text", 5, 2, "stop")), (2, 5, TextPiece("after the end"))))
+    events = await collect(handle, 10)
+    assert [type(e).__name__ for e in events] == ["Started", "TextPiece", "Started", "TextPiece", "TextPiece", "Done"]
+    assert [e.attempt for e in events if isinstance(e, Started)] == [1, 2]
+    assert answer_of_last_attempt(events) == "new text" == events[-1].text  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------------------- with workers
