@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from redis import Redis
 
-from engbot.http import readiness
+from engbot.app import make_engine
+from engbot.http import make_app, readiness
 from engine.config import QueueSettings
 from engine.engine import JobHandle
 from engine.errors import ConfigError, DuplicateJob, EngineClosed, QueueFull
@@ -189,19 +191,30 @@ async def test_the_reader_follows_the_latest_attempt_only(submitters: SubmitterF
 # ---------------------------------------------------------------------------------------- with workers
 
 
-async def test_answers_stream_back_from_two_workers(workers: list[WorkerProcess], submitters: SubmitterFactory,
-                                                    redis_server: RedisServer) -> None:
-    submitter = await submitters()
-    handles = [await submitter.asubmit(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
-    for handle in handles:
-        events = await collect(handle)
-        started = [e for e in events if isinstance(e, Started)]
-        assert len(started) == 1 and started[0].attempt == 1 and started[0].prompt_tokens > 10
-        done = events[-1]
-        assert isinstance(done, Done), done
-        assert done.text == answer_of_last_attempt(events) and done.text.strip()
-        assert 0 < done.completion_tokens <= GREEDY.max_new_tokens
-        assert 0 <= done.queue_wait_s <= done.time_to_first_token_s <= done.duration_s
+async def test_answers_stream_back_from_two_workers(workers: list[WorkerProcess], redis_server: RedisServer) -> None:
+    # built as `engbot run` builds it, and served with its /readyz and /metrics
+    submitter = make_engine({"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url})
+    assert isinstance(submitter, RedisSubmitter)
+    await submitter.start()
+    try:
+        async with TestClient(TestServer(make_app(submitter, lambda: []), host="127.0.0.1")) as client:
+            handles = [await submitter.asubmit(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
+            for handle in handles:
+                events = await collect(handle)
+                started = [e for e in events if isinstance(e, Started)]
+                assert len(started) == 1 and started[0].attempt == 1 and started[0].prompt_tokens > 10
+                done = events[-1]
+                assert isinstance(done, Done), done
+                assert done.text == answer_of_last_attempt(events) and done.text.strip()
+                assert 0 < done.completion_tokens <= GREEDY.max_new_tokens
+                assert 0 <= done.queue_wait_s <= done.time_to_first_token_s <= done.duration_s
+            ready = await client.get("/readyz")
+            assert ready.status == 200 and (await ready.json())["checks"] == {"engine": True, "redis": True}
+            metrics = await (await client.get("/metrics")).text()
+    finally:
+        await submitter.stop(grace_s=0)
+    assert 'engbot_requests_total{outcome="ok",platform="cli"} 4.0' in metrics
+    assert "engbot_time_to_first_token_seconds_count 4.0" in metrics
     for proc in workers:  # both hosts answered some
         assert any(f"job {h.job.id[:8]} " in proc.log for h in handles), proc.log[-2000:]
     await asyncio.sleep(0.2)
