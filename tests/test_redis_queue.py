@@ -23,7 +23,15 @@ from engbot.http import make_app, readiness
 from engine.config import QueueSettings
 from engine.engine import JobHandle
 from engine.errors import ConfigError, DuplicateJob, EngineClosed, QueueFull
-from engine.redis_queue import Keys, RedisSubmitter, event_from_wire, event_to_wire, job_from_json, job_to_json
+from engine.redis_queue import (
+    Keys,
+    RedisSubmitter,
+    event_from_wire,
+    event_to_wire,
+    job_from_json,
+    job_to_json,
+    merge_text,
+)
 from engine.types import Done, Event, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
 from tests.redis_fixtures import ROOT, RedisServer, WorkerProcess, free_port
 
@@ -131,6 +139,9 @@ def test_jobs_and_events_survive_the_wire() -> None:
     newer = {"a": 1, "n": 1, "t": "TextPiece", "f": {"text": "a", "added_later": 1}}
     assert event_from_wire(newer) == TextPiece("a")
     assert event_from_wire({"a": 1, "n": 2, "t": "SomethingNew", "f": {}}) is None
+    started = Started(0, 0.1, 12)
+    assert merge_text([started, TextPiece("a"), TextPiece("b"), Done("ab", 1, 2, "stop")]) == [
+        started, TextPiece("ab"), Done("ab", 1, 2, "stop")]
 
 
 def test_worker_refuses_to_start_without_redis(tmp_path: Path) -> None:
