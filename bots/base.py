@@ -17,7 +17,7 @@ from bots.text import _cut
 from engine.config import Env
 from engine.engine import JobHandle, JobSubmitter
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
-from engine.types import Done, Failed, Job, Queued, Role, TextPiece, Turn
+from engine.types import Done, Failed, Job, Queued, Role, Started, TextPiece, Turn
 
 log = logging.getLogger("engbot.bots")
 
@@ -116,10 +116,10 @@ class StreamStyle:
     render: Callable[[str], str] = lambda text: text
 
 
-def submit(engine: JobSubmitter, job: Job) -> JobHandle | str:
-    """Submit, or say why not: the returned string is the reply to give at once."""
+async def asubmit(engine: JobSubmitter, job: Job) -> JobHandle | str:
+    """Submit (in-process, or through Redis), or say why not: the returned string is the reply to give at once."""
     try:
-        return engine.submit(job)
+        return await engine.asubmit(job)
     except QueueFull:
         return Messages.BUSY
     except EngineClosed:
@@ -168,6 +168,10 @@ async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: St
                 shown, last_edit = "", time.monotonic()
             if current.strip():
                 await show(style.render(current) + Messages.CURSOR)
+        elif isinstance(event, Started) and event.attempt > 1 and current:
+            # QUEUE_BACKEND=redis: the worker host died, another one answers from the start
+            current = ""
+            await show(Messages.THINKING, force=True)
         elif isinstance(event, Queued):
             if not current:
                 await show(Messages.QUEUED.format(position=event.position))

@@ -28,7 +28,7 @@ from discord.http import HTTPClient, Route
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 from bots import discord_events as ev
-from bots.base import Messages, RateLimiter, StreamStyle, rate_limit_from_environ, stream_reply, submit
+from bots.base import Messages, RateLimiter, StreamStyle, asubmit, rate_limit_from_environ, stream_reply
 from engine.config import Env, mask
 from engine.engine import JobHandle, JobSubmitter
 from engine.errors import ConfigError
@@ -419,7 +419,8 @@ class DiscordAdapter:
         assert self._client is not None and self._client.user is not None
         bot_id = self._client.user.id
         text = ev.readable(decision.prompt, bot_id, ev.Names.lookup(interaction.guild, ev.mentioned_ids(prompt)))
-        outcome = submit(self.engine, ev.make_job(ev.turns_for([], text, bot_id), f"interaction:{interaction.id}"))
+        job = ev.make_job(ev.turns_for([], text, bot_id), f"interaction:{interaction.id}")
+        outcome = await asubmit(self.engine, job)
         if isinstance(outcome, str):
             if outcome:
                 await say(outcome)
@@ -460,7 +461,7 @@ class DiscordAdapter:
         if isinstance(decision, ev.Notice):
             reply = decision.text
         else:
-            reply = self._rate_limited(message.author.id) or submit(self.engine, ev.make_job(
+            reply = self._rate_limited(message.author.id) or await asubmit(self.engine, ev.make_job(
                 ev.turns_for(await self._earlier(message), decision.prompt, bot_id), f"message:{message.id}"))
             if reply == "":
                 return  # a duplicate of a message being answered

@@ -37,7 +37,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.base import Messages, RateLimiter, StreamStyle, rate_limit_from_environ, stream_reply, submit
+from bots.base import Messages, RateLimiter, StreamStyle, asubmit, rate_limit_from_environ, stream_reply
 from bots.slack_events import (
     AccessPolicy,
     BotIdentity,
@@ -461,7 +461,7 @@ class SlackAdapter:
             if message.in_thread and history is None:
                 history = await self._history(message)
             job = build_job(message, thread_turns(history or [], message, decision.text, self.me))
-            outcome = submit(self.engine, job)
+            outcome = await asubmit(self.engine, job)
             if isinstance(outcome, str):
                 if outcome:
                     await self._reply(message, thread, outcome)

@@ -9,13 +9,16 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engbot.http import make_app, serve
 from engbot.logs import setup_logging
-from engine.config import LOG_FORMATS, EngineSettings, Env
+from engine.config import LOG_FORMATS, EngineSettings, Env, QueueSettings
 from engine.engine import Engine, JobSubmitter
 from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from engine.redis_queue import RedisSubmitter
 
 log = logging.getLogger("engbot")
 
@@ -79,8 +82,7 @@ def run(environ: Mapping[str, str]) -> int:
     """Validate every setting, then serve until SIGTERM/SIGINT. Exit 0 after a clean shutdown."""
     app_settings = AppSettings.from_environ(environ)
     setup_logging(app_settings.log_level, app_settings.log_format)
-    settings = EngineSettings.from_environ(environ)
-    engine = Engine(settings)
+    engine = make_engine(environ)
     adapters = adapters_from_environ(environ, engine)
     if not adapters:
         print(NO_ADAPTER, file=sys.stderr)
@@ -92,7 +94,30 @@ def run(environ: Mapping[str, str]) -> int:
         return 1
 
 
-async def serve_until_signal(engine: Engine, adapters: list[Adapter], app_settings: AppSettings,
+# ---- job queue choice (QUEUE_BACKEND); the Redis side lives in engine/redis_queue.py and engbot/worker.py ----
+
+
+def make_engine(environ: Mapping[str, str]) -> Engine | RedisSubmitter:
+    """What the adapters submit to: the in-process Engine, or with QUEUE_BACKEND=redis a RedisSubmitter that
+    queues jobs in Redis for `engbot worker` hosts (this process then loads no model)."""
+    queue = QueueSettings.from_environ(environ)
+    if queue.backend == "redis":
+        from engine.redis_queue import RedisSubmitter
+
+        grace = EngineSettings.from_environ(environ, check_model=False).shutdown_grace_s
+        return RedisSubmitter(queue, shutdown_grace_s=grace)
+    return Engine(EngineSettings.from_environ(environ))
+
+
+def _describe(engine: Engine | RedisSubmitter) -> tuple[str, float]:
+    """A log line for a ready engine, and its shutdown grace in seconds."""
+    if isinstance(engine, Engine):
+        return (f"engine ready: {len(engine.replicas)} workers x {engine.settings.num_threads} threads, "
+                f"model {engine.settings.model_path.name}", engine.settings.shutdown_grace_s)
+    return f"job queue ready: Redis at {engine.settings.redis_url_masked}", engine.shutdown_grace_s
+
+
+async def serve_until_signal(engine: Engine | RedisSubmitter, adapters: list[Adapter], app_settings: AppSettings,
                              stop: asyncio.Event | None = None) -> int:
     """Start everything, wait for a signal (or ``stop``), then shut down in order: no new mentions, drain the
     engine for SHUTDOWN_GRACE_S (unfinished answers get a "restarting" reply), close the adapters."""
@@ -103,8 +128,8 @@ async def serve_until_signal(engine: Engine, adapters: list[Adapter], app_settin
     runner = await serve(make_app(engine, lambda: adapters), app_settings.http_host, app_settings.http_port)
     try:
         await engine.start()
-        log.info("engine ready: %d workers x %d threads, model %s", len(engine.replicas),
-                 engine.settings.num_threads, engine.settings.model_path.name)
+        ready, grace = _describe(engine)
+        log.info("%s", ready)
         for adapter in adapters:
             try:
                 await adapter.start()
@@ -114,7 +139,7 @@ async def serve_until_signal(engine: Engine, adapters: list[Adapter], app_settin
                 raise AdapterStartError(f"{adapter.name} could not connect: {exc}") from exc
             log.info("%s adapter connected", adapter.name)
         await stop.wait()
-        log.info("shutting down: no new questions; running answers get %.0f s", engine.settings.shutdown_grace_s)
+        log.info("shutting down: no new questions; running answers get %.0f s", grace)
         for adapter in adapters:
             await adapter.stop_intake()
     finally:
@@ -130,7 +155,7 @@ async def serve_until_signal(engine: Engine, adapters: list[Adapter], app_settin
 
 
 def run_worker(environ: Mapping[str, str]) -> int:
-    """``engbot worker``: an engine host that takes jobs from Redis (QUEUE_BACKEND=redis)."""
-    print("engbot: `engbot worker` needs QUEUE_BACKEND=redis, which this version does not have yet",
-          file=sys.stderr)
-    return 2
+    """``engbot worker``: an engine host that takes jobs from Redis (QUEUE_BACKEND=redis); see engbot/worker.py."""
+    from engbot.worker import run_worker as worker_main
+
+    return worker_main(environ)

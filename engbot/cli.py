@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.config import EngineSettings, load_environ
 from engine.engine import Engine
-from engine.errors import ConfigError, ModelFileError
+from engine.errors import ConfigError, ModelFileError, QueueUnavailable
 from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
 
 EXIT_CONFIG = 2
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except ModelFileError as exc:
         print(f"engbot: the model could not be loaded: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except QueueUnavailable as exc:
+        print(f"engbot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.engine import Engine
+
+if TYPE_CHECKING:
+    from engine.redis_queue import RedisSubmitter
 
 
 class Connected(Protocol):
@@ -18,15 +21,19 @@ class Connected(Protocol):
     def connected(self) -> bool: ...
 
 
-def readiness(engine: Engine, adapters: Sequence[Connected]) -> dict[str, object]:
-    """What /readyz reports: the engine takes jobs, a model is loaded (or loads on demand), adapters are online."""
-    model = engine.settings.load_on_fly or any(r.alive for r in engine.replicas)
-    checks: dict[str, bool] = {"engine": engine.accepting, "model": model}
+def readiness(engine: Engine | RedisSubmitter, adapters: Sequence[Connected]) -> dict[str, object]:
+    """What /readyz reports: the engine takes jobs, a model is loaded (or loads on demand), adapters are online.
+    With QUEUE_BACKEND=redis the adapter process has no model: Redis must answer instead."""
+    if isinstance(engine, Engine):
+        model = engine.settings.load_on_fly or any(r.alive for r in engine.replicas)
+        checks: dict[str, bool] = {"engine": engine.accepting, "model": model}
+    else:
+        checks = {"engine": engine.accepting, "redis": engine.connected}
     checks.update({a.name: a.connected for a in adapters})
     return {"ready": all(checks.values()), "checks": checks, "queued": engine.queued, "running": engine.running}
 
 
-def make_app(engine: Engine, adapters: Callable[[], Sequence[Connected]]) -> web.Application:
+def make_app(engine: Engine | RedisSubmitter, adapters: Callable[[], Sequence[Connected]]) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 

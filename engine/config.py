@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -31,6 +32,9 @@ MODEL_TYPES = (
 Text = str  # the name ``str`` is taken by Env.str inside that class
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
+QUEUE_BACKENDS = ("memory", "redis")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
 def load_environ(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
@@ -224,6 +228,54 @@ class EngineSettings:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """Where jobs wait: in this process (``memory``), or in Redis (``redis``), shared by the adapter process
+    (``engbot run``) and any number of engine hosts (``engbot worker``). See docs/scaling.md."""
+
+    backend: str = "memory"
+    redis_url: str = DEFAULT_REDIS_URL
+    max_pending: int = 32  # waiting + running jobs, cluster-wide
+    visibility_timeout_s: float = 30.0  # a claim not refreshed this long is taken over by another host
+    job_deadline_s: float = 300.0  # wait + run; past it the user is told the answer took too long
+    key_prefix: str = "engbot:"
+
+    def __repr__(self) -> str:
+        return (f"QueueSettings(backend={self.backend!r}, redis_url={self.redis_url_masked!r}, "
+                f"max_pending={self.max_pending}, visibility_timeout_s={self.visibility_timeout_s:g}, "
+                f"job_deadline_s={self.job_deadline_s:g}, key_prefix={self.key_prefix!r})")
+
+    @property
+    def redis_url_masked(self) -> str:
+        return mask("REDIS_URL", self.redis_url)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> QueueSettings:
+        """Read and validate the queue settings. Raises ``ConfigError`` (with any password masked)."""
+        env = Env(environ)
+        url = env.raw("REDIS_URL") or DEFAULT_REDIS_URL
+        parts = urlsplit(url)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in REDIS_SCHEMES or not port_ok or (
+            parts.scheme != "unix" and not parts.hostname) or (parts.scheme == "unix" and not parts.path):
+            raise ConfigError("REDIS_URL", mask("REDIS_URL", url),
+                              "expected redis://[:password@]host[:port][/db], rediss://... or unix:///path")
+        prefix = env.str("REDIS_KEY_PREFIX", "engbot:")
+        if not prefix or len(prefix) > 64 or any(c.isspace() for c in prefix):
+            raise ConfigError("REDIS_KEY_PREFIX", prefix, "expected 1 to 64 characters without spaces")
+        return cls(
+            backend=env.choice("QUEUE_BACKEND", "memory", QUEUE_BACKENDS),
+            redis_url=url,
+            max_pending=env.int("REDIS_MAX_PENDING", 32, lo=1, hi=1_000_000),
+            visibility_timeout_s=env.float("REDIS_VISIBILITY_TIMEOUT_S", 30.0, lo=1.0, hi=3600.0),
+            job_deadline_s=env.float("JOB_DEADLINE_S", 300.0, lo=1.0, hi=86400.0),
+            key_prefix=prefix,
+        )
+
+
 def _model_path(env: Env) -> Path:
     raw = env.raw("MODEL_PATH")
     if raw:
@@ -249,5 +301,8 @@ def mask(name: str, value: str) -> str:
         scheme, rest = value.split("://", 1)
         creds, host = rest.rsplit("@", 1)
         user = creds.split(":", 1)[0] if ":" in creds else ""
-        return f"{scheme}://{user}:***@{host}"
+        value = f"{scheme}://{user}:***@{host}"
+    if "://" in value and "password=" in value:  # unix:///path?password=... (Redis URLs)
+        head, _, tail = value.partition("password=")
+        value = head + "password=***" + ("&" + tail.split("&", 1)[1] if "&" in tail else "")
     return value

@@ -81,9 +81,13 @@ class JobHandle:
 
 
 class JobSubmitter(Protocol):
-    """What an adapter needs of an engine (the in-process one, or the Redis-backed one)."""
+    """What an adapter needs of an engine: the in-process ``Engine``, or ``engine.redis_queue.RedisSubmitter``.
 
-    def submit(self, job: Job) -> JobHandle: ...
+    ``asubmit`` returns the job's handle once the job is accepted, and raises at once ``QueueFull`` (answer
+    "busy"), ``DuplicateJob`` (say nothing) or ``EngineClosed`` (answer "unavailable").
+    """
+
+    async def asubmit(self, job: Job) -> JobHandle: ...
 
 
 @dataclass(eq=False)
@@ -181,6 +185,10 @@ class Engine:
         if position:
             handle._emit(Queued(position))
         return handle
+
+    async def asubmit(self, job: Job) -> JobHandle:
+        """``submit`` behind the ``JobSubmitter`` seam shared with the Redis queue (which must await Redis)."""
+        return self.submit(job)
 
     def _seen(self, key: str) -> bool:
         now = time.monotonic()

@@ -20,7 +20,11 @@ class DuplicateJob(EngineError):
 
 
 class EngineClosed(EngineError):
-    """The engine is shutting down (or not started) and takes no new jobs."""
+    """The engine is shutting down (or not started) and takes no new jobs, or its queue (Redis) is unreachable."""
+
+
+class QueueUnavailable(EngineError):
+    """The shared job queue (Redis) cannot be reached at start. The message names REDIS_URL, password masked."""
 
 
 class ConfigError(EngineError):

@@ -66,12 +66,17 @@ class Queued:
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """A replica took the job. ``prompt_tokens`` counts the prompt after history trimming."""
+    """A replica took the job. ``prompt_tokens`` counts the prompt after history trimming.
+
+    ``attempt`` > 1 (QUEUE_BACKEND=redis only): the host running the job went away and another one starts the
+    answer again; text shown so far belongs to the abandoned attempt.
+    """
 
     worker: int
     queue_wait_s: float
     prompt_tokens: int
     dropped_turns: int = 0
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True)

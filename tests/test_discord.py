@@ -47,7 +47,7 @@ class Recorder:
     def __init__(self, engine: Engine) -> None:
         self.engine, self.jobs, self.handles = engine, list[Job](), list[JobHandle]()
 
-    def submit(self, job: Job) -> JobHandle:
+    async def asubmit(self, job: Job) -> JobHandle:
         self.jobs.append(job)
         self.handles.append(self.engine.submit(job))
         return self.handles[-1]
@@ -59,7 +59,7 @@ class FullEngine:
     def __init__(self) -> None:
         self.jobs: list[Job] = []
 
-    def submit(self, job: Job) -> JobHandle:
+    async def asubmit(self, job: Job) -> JobHandle:
         self.jobs.append(job)
         raise QueueFull(1)
 
@@ -67,7 +67,7 @@ class FullEngine:
 class NoEngine:
     """For paths that must not reach the engine."""
 
-    def submit(self, job: Job) -> JobHandle:
+    async def asubmit(self, job: Job) -> JobHandle:
         raise AssertionError(f"unexpected job: {job}")
 
 

@@ -40,7 +40,7 @@ class Recorder:
         self.jobs: list[Job] = []
         self.handles: list[JobHandle] = []
 
-    def submit(self, job: Job) -> JobHandle:
+    async def asubmit(self, job: Job) -> JobHandle:
         self.jobs.append(job)
         handle: JobHandle = self.engine.submit(job)
         self.handles.append(handle)
@@ -257,7 +257,7 @@ async def test_a_generation_timeout_ends_in_the_failure_text(slack: FakeSlack, s
 async def test_an_unexpected_error_is_logged_and_answered_with_the_generic_text(
         slack: FakeSlack, start_adapter: StartAdapter, caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
-        def submit(self, job: Job) -> JobHandle:
+        async def asubmit(self, job: Job) -> JobHandle:
             raise RuntimeError("the submitter broke")
 
     await start_adapter(Broken())

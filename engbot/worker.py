@@ -1,0 +1,70 @@
+"""``engbot worker``: an engine host that answers jobs from the Redis queue (QUEUE_BACKEND=redis).
+
+It runs the same in-process Engine as ``engbot run`` (NUM_WORKERS replicas), claims as many jobs as it has free
+replicas, and serves /healthz, /readyz and /metrics on HTTP_PORT like ``engbot run`` (0 = any free port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Mapping
+
+from engbot.app import AppSettings
+from engbot.http import make_app, serve
+from engbot.logs import setup_logging
+from engine.config import EngineSettings, QueueSettings
+from engine.redis_queue import RedisWorker
+
+log = logging.getLogger("engbot")
+
+NOT_REDIS = "engbot: `engbot worker` takes jobs from Redis: set QUEUE_BACKEND=redis and REDIS_URL (docs/scaling.md)"
+
+
+def run_worker(environ: Mapping[str, str]) -> int:
+    """Validate every setting, check Redis, load the model, then answer jobs until SIGTERM/SIGINT.
+
+    Exit 2 on a bad setting or when Redis cannot be reached at start (``QueueUnavailable``, raised to the CLI).
+    """
+    app_settings = AppSettings.from_environ(environ)
+    setup_logging(app_settings.log_level, app_settings.log_format)
+    queue = QueueSettings.from_environ(environ)
+    if queue.backend != "redis":
+        print(NOT_REDIS, file=sys.stderr)
+        return 2
+    settings = EngineSettings.from_environ(environ)
+    if queue.job_deadline_s < settings.generation_timeout_s:
+        log.warning("JOB_DEADLINE_S (%g s) is shorter than GENERATION_TIMEOUT_S (%g s): long answers are cut at "
+                    "the deadline", queue.job_deadline_s, settings.generation_timeout_s)
+    return asyncio.run(work_until_signal(RedisWorker(queue, settings), app_settings))
+
+
+async def work_until_signal(worker: RedisWorker, app_settings: AppSettings, stop: asyncio.Event | None = None) -> int:
+    """Start, wait for a signal (or ``stop``), then drain: claim nothing more, let running answers finish for
+    SHUTDOWN_GRACE_S, hand the rest back to the queue for another host."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.start()  # QueueUnavailable or ModelFileError: to the CLI (exit 2)
+        try:
+            runner = await serve(make_app(worker.engine, lambda: [worker]), app_settings.http_host,
+                                 app_settings.http_port)
+            try:
+                log.info("engine ready: %d workers x %d threads, model %s", len(worker.engine.replicas),
+                         worker.engine.settings.num_threads, worker.engine.settings.model_path.name)
+                await stop.wait()
+                log.info("shutting down: no new jobs; running answers get %.0f s",
+                         worker.engine.settings.shutdown_grace_s)
+            finally:
+                await runner.cleanup()
+        finally:
+            await worker.stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0

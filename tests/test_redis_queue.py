@@ -1,0 +1,350 @@
+"""The Redis queue end to end: a real redis-server, two real ``engbot worker`` processes on the default model.
+
+The workers are shared by the module (each loads the model once); tests run in file order, the destructive ones
+(a worker killed, Redis killed) last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis import Redis
+
+from engbot.app import make_engine
+from engbot.http import make_app, readiness
+from engine.config import QueueSettings
+from engine.engine import JobHandle
+from engine.errors import ConfigError, DuplicateJob, EngineClosed, QueueFull
+from engine.redis_queue import (
+    Keys,
+    RedisSubmitter,
+    event_from_wire,
+    event_to_wire,
+    job_from_json,
+    job_to_json,
+    merge_text,
+)
+from engine.types import Done, Event, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
+from tests.redis_fixtures import ROOT, RedisServer, WorkerProcess, free_port
+
+VISIBILITY_S = 2
+GREEDY = GenParams(max_new_tokens=16, temperature=0.0, repeat_penalty=1.0)
+LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1)  # runs for many seconds
+STEADY = GenParams(max_new_tokens=120, temperature=0.0, repeat_penalty=1.0)  # a few seconds, then stops
+QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 + 2?", "Name a primary colour."]
+
+SubmitterFactory = Callable[..., Awaitable[RedisSubmitter]]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def workers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[WorkerProcess]]:
+    logs = tmp_path_factory.mktemp("workers")
+    env = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "NUM_WORKERS": "1", "NUM_THREADS": "1",
+           "TEMPERATURE": "0", "MAX_NEW_TOKENS": "16", "REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
+           "SHUTDOWN_GRACE_S": "2"}
+    procs = [WorkerProcess(env, logs / f"worker{i}.log") for i in range(2)]
+    try:
+        for proc in procs:
+            proc.wait_ready()
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+@pytest.fixture
+async def submitters(redis_server: RedisServer) -> AsyncIterator[SubmitterFactory]:
+    """Start RedisSubmitters (adapter processes) on the module's Redis; stop them all afterwards."""
+    started: list[RedisSubmitter] = []
+
+    async def start(margin_s: float = 10.0, **env: object) -> RedisSubmitter:
+        environ = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, **{k: str(v) for k, v in env.items()}}
+        submitter = RedisSubmitter(QueueSettings.from_environ(environ), deadline_margin_s=margin_s)
+        await submitter.start()
+        started.append(submitter)
+        return submitter
+
+    yield start
+    for submitter in started:
+        await submitter.stop(grace_s=0)
+
+
+def redis_client(server: RedisServer) -> Redis:
+    return Redis.from_url(server.url, decode_responses=True)
+
+
+async def collect(handle: JobHandle, timeout: float = 60.0) -> list[Event]:
+    async def all_events() -> list[Event]:
+        return [event async for event in handle]
+
+    return await asyncio.wait_for(all_events(), timeout)
+
+
+def owner_of(server: RedisServer, keys: Keys, procs: list[WorkerProcess]) -> WorkerProcess:
+    """The worker process holding the only pending job (consumer names end with the process id)."""
+    with redis_client(server) as r:
+        owner = r.xpending_range(keys.jobs, keys.group, "-", "+", 10)[0]["consumer"]
+    return next(p for p in procs if owner.endswith(f"-{p.pid}"))
+
+
+def answer_of_last_attempt(events: list[Event]) -> str:
+    """The text pieces after the last Started: what an adapter shows."""
+    last = max(i for i, e in enumerate(events) if isinstance(e, Started))
+    return "".join(e.text for e in events[last:] if isinstance(e, TextPiece))
+
+
+# ------------------------------------------------------------------------------------- without workers
+
+
+def test_settings_are_validated_and_the_password_masked() -> None:
+    settings = QueueSettings.from_environ({"QUEUE_BACKEND": "redis", "REDIS_URL": "redis://:hunter2@db:6379/1",
+                                           "REDIS_MAX_PENDING": "5", "JOB_DEADLINE_S": "60"})
+    assert (settings.backend, settings.max_pending, settings.job_deadline_s) == ("redis", 5, 60.0)
+    assert "hunter2" not in repr(settings) and ":***@db:6379/1" in repr(settings)
+    assert QueueSettings.from_environ({}).backend == "memory"
+    bad = [({"QUEUE_BACKEND": "kafka"}, "QUEUE_BACKEND"), ({"REDIS_URL": "http://:hunter2@db"}, "REDIS_URL"),
+           ({"REDIS_MAX_PENDING": "0"}, "REDIS_MAX_PENDING"), ({"JOB_DEADLINE_S": "soon"}, "JOB_DEADLINE_S"),
+           ({"REDIS_VISIBILITY_TIMEOUT_S": "0.1"}, "REDIS_VISIBILITY_TIMEOUT_S"),
+           ({"REDIS_KEY_PREFIX": "a b"}, "REDIS_KEY_PREFIX")]
+    for environ, name in bad:
+        with pytest.raises(ConfigError) as info:
+            QueueSettings.from_environ(environ)
+        assert info.value.name == name and "hunter2" not in str(info.value)
+
+
+def test_jobs_and_events_survive_the_wire() -> None:
+    job = Job((Turn("user", "Héllo"), Turn("assistant", "Hi"), Turn("user", "2+2?")), params=GREEDY,
+              platform="slack", dedup_key="ev1", system_prompt="Be brief.")
+    assert job_from_json(job_to_json(job)) == job
+    for event in (Queued(2), Started(0, 0.1, 12, 1, attempt=2), TextPiece("ünï"),
+                  Done("x", 1, 2, "stop", 0.1, 0.2, 0.3), Failed("timeout", "too long", "par")):
+        wire = event_to_wire(event, attempt=3, seq=7)
+        assert (wire["a"], wire["n"]) == (3, 7) and event_from_wire(wire) == event
+    newer = {"a": 1, "n": 1, "t": "TextPiece", "f": {"text": "a", "added_later": 1}}
+    assert event_from_wire(newer) == TextPiece("a")
+    assert event_from_wire({"a": 1, "n": 2, "t": "SomethingNew", "f": {}}) is None
+    started = Started(0, 0.1, 12)
+    assert merge_text([started, TextPiece("a"), TextPiece("b"), Done("ab", 1, 2, "stop")]) == [
+        started, TextPiece("ab"), Done("ab", 1, 2, "stop")]
+
+
+def test_worker_refuses_to_start_without_redis(tmp_path: Path) -> None:
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+
+    def worker(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engbot", "worker"], capture_output=True, text=True,
+                              env={**base, **env}, cwd=tmp_path, timeout=60, check=False)
+
+    proc = worker(QUEUE_BACKEND="redis", REDIS_URL=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    assert proc.returncode == 2, proc.stderr
+    assert "REDIS_URL=redis://:***@127.0.0.1" in proc.stderr and "hunter2" not in proc.stderr
+    proc = worker()
+    assert proc.returncode == 2 and "QUEUE_BACKEND=redis" in proc.stderr
+
+
+async def test_the_bound_is_cluster_wide_and_busy_at_once(submitters: SubmitterFactory) -> None:
+    # a prefix no worker serves: jobs stay queued, then pass their deadline
+    first = await submitters(margin_s=0.5, REDIS_KEY_PREFIX="bound:", REDIS_MAX_PENDING=2, JOB_DEADLINE_S=1)
+    second = await submitters(margin_s=0.5, REDIS_KEY_PREFIX="bound:", REDIS_MAX_PENDING=2, JOB_DEADLINE_S=1)
+    waiting = [await first.asubmit(Job.ask("one")), await second.asubmit(Job.ask("two"))]
+    assert (waiting[0].position, waiting[1].position) == (0, 2)  # the second certainly waits: one is ahead
+    for submitter in (first, second):
+        began = time.monotonic()
+        with pytest.raises(QueueFull):
+            await submitter.asubmit(Job.ask("three"))
+        assert time.monotonic() - began < 0.5
+    assert readiness(first, [])["ready"] is True
+    # nobody answers: the handles give up at the deadline, and the expired jobs no longer count
+    for handle in waiting:
+        final = await asyncio.wait_for(handle.result(), 10)
+        assert isinstance(final, Failed) and final.kind == "timeout" and "1 s" in final.reason
+    await first.asubmit(Job.ask("accepted again"))
+
+
+async def test_the_reader_follows_the_latest_attempt_only(submitters: SubmitterFactory,
+                                                         redis_server: RedisServer) -> None:
+    # events written by hand, as two hosts would: no worker serves this prefix
+    submitter = await submitters(REDIS_KEY_PREFIX="reader:")
+    handle = await submitter.asubmit(Job.ask("hi"))
+    stream = Keys("reader:").events(handle.job.id)
+
+    def batch(*events: tuple[int, int, Event]) -> dict[str, str]:
+        return {"b": json.dumps([event_to_wire(e, attempt=a, seq=n) for a, n, e in events])}
+
+    with redis_client(redis_server) as r:
+        r.xadd(stream, batch((1, 1, Started(0, 0.0, 5)), (1, 2, TextPiece("old "))))
+        r.xadd(stream, {"b": "not json"})
+        r.xadd(stream, batch((2, 1, Started(0, 0.0, 5)), (2, 2, TextPiece("new "))))
+        r.xadd(stream, batch((1, 3, TextPiece("late ")), (2, 2, TextPiece("new ")), (2, 3, TextPiece("text"))))
+        r.xadd(stream, batch((2, 4, Done("new text", 5, 2, "stop")), (2, 5, TextPiece("after the end"))))
+    events = await collect(handle, 10)
+    assert [type(e).__name__ for e in events] == ["Started", "TextPiece", "Started", "TextPiece", "TextPiece", "Done"]
+    assert [e.attempt for e in events if isinstance(e, Started)] == [1, 2]
+    assert answer_of_last_attempt(events) == "new text" == events[-1].text  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------- with workers
+
+
+async def test_answers_stream_back_from_two_workers(workers: list[WorkerProcess], redis_server: RedisServer) -> None:
+    # built as `engbot run` builds it, and served with its /readyz and /metrics
+    submitter = make_engine({"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url})
+    assert isinstance(submitter, RedisSubmitter)
+    await submitter.start()
+    try:
+        async with TestClient(TestServer(make_app(submitter, lambda: []), host="127.0.0.1")) as client:
+            handles = [await submitter.asubmit(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
+            for handle in handles:
+                events = await collect(handle)
+                started = [e for e in events if isinstance(e, Started)]
+                assert len(started) == 1 and started[0].attempt == 1 and started[0].prompt_tokens > 10
+                done = events[-1]
+                assert isinstance(done, Done), done
+                assert done.text == answer_of_last_attempt(events) and done.text.strip()
+                assert 0 < done.completion_tokens <= GREEDY.max_new_tokens
+                assert 0 <= done.queue_wait_s <= done.time_to_first_token_s <= done.duration_s
+            ready = await client.get("/readyz")
+            assert ready.status == 200 and (await ready.json())["checks"] == {"engine": True, "redis": True}
+            metrics = await (await client.get("/metrics")).text()
+    finally:
+        await submitter.stop(grace_s=0)
+    assert 'engbot_requests_total{outcome="ok",platform="cli"} 4.0' in metrics
+    assert "engbot_time_to_first_token_seconds_count 4.0" in metrics
+    for proc in workers:  # both hosts answered some
+        assert any(f"job {h.job.id[:8]} " in proc.log for h in handles), proc.log[-2000:]
+    await asyncio.sleep(0.2)
+    with redis_client(redis_server) as r:
+        assert r.xlen(Keys("engbot:").jobs) == 0  # acknowledged jobs are deleted: the length counts live jobs
+        assert not r.exists(*(Keys("engbot:").events(h.job.id) for h in handles))
+
+
+async def test_a_duplicate_event_is_refused_across_adapter_processes(workers: list[WorkerProcess],
+                                                                     submitters: SubmitterFactory) -> None:
+    first, second = await submitters(), await submitters()
+    handle = await first.asubmit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="slack:Ev0001"))
+    with pytest.raises(DuplicateJob):
+        await second.asubmit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="slack:Ev0001"))
+    assert isinstance(await asyncio.wait_for(handle.result(), 60), Done)
+
+
+async def test_the_deadline_stops_running_and_waiting_jobs(workers: list[WorkerProcess],
+                                                           submitters: SubmitterFactory) -> None:
+    # a long margin: the "timeout" events must come from the workers, not from the handles giving up
+    submitter = await submitters(margin_s=60, JOB_DEADLINE_S=2)
+    began = time.monotonic()
+    handles = [await submitter.asubmit(Job.ask(f"Tell me a long story about {x}.", params=LONG))
+               for x in ("a cat", "a dog", "a fox")]
+    results = [await collect(handle, 30) for handle in handles]
+    assert time.monotonic() - began < 15
+    for events in results:
+        assert isinstance(events[-1], Failed) and events[-1].kind == "timeout", events[-1]
+    cut = [events for events in results if any(isinstance(e, Started) for e in events)]
+    never_started = [events for events in results if not any(isinstance(e, Started) for e in events)]
+    assert len(cut) == 2 and len(never_started) == 1  # two ran on the two hosts; one waited past its deadline
+    assert all(isinstance(events[-1], Failed) and events[-1].partial for events in cut)
+    # both hosts are free again at once
+    quick = await submitters()
+    handles = [await quick.asubmit(Job.ask(q, params=GREEDY)) for q in QUESTIONS[:2]]
+    done = await asyncio.gather(*(collect(handle, 30) for handle in handles))
+    assert all(isinstance(events[-1], Done) for events in done)
+
+
+async def test_a_stopping_worker_hands_its_job_back(redis_server: RedisServer, submitters: SubmitterFactory,
+                                                   tmp_path: Path) -> None:
+    # own prefix and a long visibility timeout: a quick pickup can only come from the hand-back
+    env = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": "drain:",
+           "NUM_WORKERS": "1", "REDIS_VISIBILITY_TIMEOUT_S": "30", "SHUTDOWN_GRACE_S": "0.5"}
+    procs = [WorkerProcess(env, tmp_path / f"drain{i}.log") for i in range(2)]
+    try:
+        for proc in procs:
+            await asyncio.to_thread(proc.wait_ready)
+        submitter = await submitters(REDIS_KEY_PREFIX="drain:")
+        handle = await submitter.asubmit(Job.ask("Explain how a bicycle works.", params=STEADY))
+        events: list[Event] = []
+        async for event in handle:
+            events.append(event)
+            if isinstance(event, TextPiece):
+                break
+        stopping = owner_of(redis_server, Keys("drain:"), procs)
+        stopped_at = time.monotonic()
+        assert await asyncio.to_thread(stopping.stop) == 0
+        events += await collect(handle, 60)
+        assert time.monotonic() - stopped_at < 15  # well before the 30 s visibility timeout
+        assert [e.attempt for e in events if isinstance(e, Started)] == [1, 2]
+        assert isinstance(events[-1], Done) and events[-1].text == answer_of_last_attempt(events)
+        assert "handed 1 unfinished jobs back" in stopping.log
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+async def test_a_killed_worker_s_job_is_taken_over(workers: list[WorkerProcess], submitters: SubmitterFactory,
+                                                   redis_server: RedisServer) -> None:
+    submitter = await submitters()
+    handle = await submitter.asubmit(Job.ask("Explain how a bicycle works.", params=STEADY))
+    events: list[Event] = []
+    async for event in handle:
+        events.append(event)
+        if sum(isinstance(e, TextPiece) for e in events) == 3:
+            break
+    victim = owner_of(redis_server, Keys("engbot:"), workers)
+    victim.kill_host()
+    killed_at = time.monotonic()
+    events += await collect(handle, 60)
+    assert [e.attempt for e in events if isinstance(e, Started)] == [1, 2]
+    finals = [e for e in events if isinstance(e, Done | Failed)]
+    assert len(finals) == 1 and isinstance(finals[0], Done), finals
+    assert finals[0].text == answer_of_last_attempt(events)
+    assert time.monotonic() - killed_at >= VISIBILITY_S - 0.5  # taken over only once the claim went stale
+    survivor = next(p for p in workers if p is not victim)
+    assert "taking it over" in survivor.log
+    await asyncio.sleep(0.2)
+    with redis_client(redis_server) as r:
+        assert r.xlen(Keys("engbot:").jobs) == 0
+
+
+async def test_everything_recovers_after_redis_restarts(workers: list[WorkerProcess], submitters: SubmitterFactory,
+                                                        redis_server: RedisServer) -> None:
+    submitter = await submitters()
+    handle = await submitter.asubmit(Job.ask("Describe the water cycle.", params=STEADY))
+    events: list[Event] = []
+    async for event in handle:
+        events.append(event)
+        if isinstance(event, TextPiece):
+            break
+    redis_server.kill()
+    began = time.monotonic()
+    with pytest.raises(EngineClosed):
+        await submitter.asubmit(Job.ask(QUESTIONS[0], params=GREEDY))
+    assert time.monotonic() - began < 1.0
+    assert readiness(submitter, [])["ready"] is False
+    await asyncio.sleep(1.5)  # the worker keeps generating, buffering its events
+    redis_server.start()
+    events += await collect(handle, 60)
+    finals = [e for e in events if isinstance(e, Done | Failed)]
+    assert len(finals) == 1 and isinstance(finals[0], Done), finals
+    assert finals[0].text == answer_of_last_attempt(events)  # no piece lost or repeated
+    # no process was restarted: new jobs flow again
+    job = Job.ask(QUESTIONS[1], params=GREEDY)
+    again = await collect(await submitter.asubmit(job), 60)
+    assert isinstance(again[-1], Done)
+    assert submitter.connected and readiness(submitter, [])["ready"] is True
+    alive = [p for p in workers if p.process.poll() is None]
+    assert len(alive) == 1 and f"job {job.id[:8]} " in alive[0].log  # answered by the host that lived through it
+    assert "cannot write its events" in alive[0].log  # it did see Redis go away mid-answer
