@@ -190,29 +190,6 @@ async def bench(quick: bool) -> list[str]:
             "| workers | threads | slots | jobs | tokens | wall s | tok/s |", "|---|---|---|---|---|---|---|",
             *rows, ""]
 
-    # (f) answer quality: the engine must not do worse than the library on the same settings
-    questions = [q for q, _ in QUALITY]
-    quality = GenParams(max_new_tokens=64, temperature=0.0, repeat_penalty=1.0)
-    lib = library_answers(questions, 64)
-    async with Engine(settings(1, 1)) as engine:
-        eng = [(await engine.submit(Job.ask(q, params=quality)).result()) for q in questions]
-    eng_text = [r.text if isinstance(r, Done) else "" for r in eng]
-    async with Engine(settings(1, 1, 4)) as engine:
-        batched = await asyncio.gather(*(engine.submit(Job.ask(q, params=quality)).result() for q in questions))
-    bat_text = [r.text if isinstance(r, Done) else "" for r in batched]
-    score = [sum(right(a, exp) for a, (_, exp) in zip(answers, QUALITY, strict=True))
-             for answers in (lib, eng_text, bat_text)]
-    same = sum(a == b for a, b in zip(lib, eng_text, strict=True))
-    quality_section = [
-        "## (f) Answer quality on the default model",
-        f"{len(QUALITY)} factual questions, greedy, 64 tokens, system prompt \"{SYSTEM}\"; an answer counts as right "
-        "when it holds the expected word.", "",
-        "| path | right |", "|---|---|",
-        f"| llama-cpp-python `create_chat_completion` | {score[0]} / {len(QUALITY)} |",
-        f"| engbot engine (1 slot) | {score[1]} / {len(QUALITY)} ({same} of {len(QUALITY)} answers identical to "
-        "the library's, token for token) |",
-        f"| engbot engine, 4 slots batched together | {score[2]} / {len(QUALITY)} |", ""]
-
     # (c) dispatch latency: submit -> Started (includes the pipe hop and prompt tokenization in the replica)
     async with Engine(settings(1, 1)) as engine:
         one = GenParams(max_new_tokens=1, temperature=0.0)
@@ -262,6 +239,29 @@ async def bench(quick: bool) -> list[str]:
             f"Idle with LOAD_ON_FLY (`python -m bench.idle`: a fresh engine process, 2 workers, after one answer "
             f"and KEEP_ALIVE_S=0): {alive:.0f} replica processes left; the engine process holds {idle_rss:.0f} MiB "
             f"RSS / {idle_pss:.0f} MiB PSS, and that is all the bot uses while idle.", ""]
+
+    # (f) answer quality: the engine must not do worse than the library on the same settings
+    questions = [q for q, _ in QUALITY]
+    quality = GenParams(max_new_tokens=64, temperature=0.0, repeat_penalty=1.0)
+    lib = library_answers(questions, 64)
+    async with Engine(settings(1, 1)) as engine:
+        eng = [(await engine.submit(Job.ask(q, params=quality)).result()) for q in questions]
+    eng_text = [r.text if isinstance(r, Done) else "" for r in eng]
+    async with Engine(settings(1, 1, 4)) as engine:
+        batched = await asyncio.gather(*(engine.submit(Job.ask(q, params=quality)).result() for q in questions))
+    bat_text = [r.text if isinstance(r, Done) else "" for r in batched]
+    score = [sum(right(a, exp) for a, (_, exp) in zip(answers, QUALITY, strict=True))
+             for answers in (lib, eng_text, bat_text)]
+    same = sum(a == b for a, b in zip(lib, eng_text, strict=True))
+    quality_section = [
+        "## (f) Answer quality on the default model",
+        f"{len(QUALITY)} factual questions, greedy, 64 tokens, system prompt \"{SYSTEM}\"; an answer counts as right "
+        "when it holds the expected word.", "",
+        "| path | right |", "|---|---|",
+        f"| llama-cpp-python `create_chat_completion` | {score[0]} / {len(QUALITY)} |",
+        f"| engbot engine (1 slot) | {score[1]} / {len(QUALITY)} ({same} of {len(QUALITY)} answers identical to "
+        "the library's, token for token) |",
+        f"| engbot engine, 4 slots batched together | {score[2]} / {len(QUALITY)} |", ""]
 
     out += ["## (e) 4 concurrent answers of " f"{n_tokens} tokens vs peers",
             "Peers as measured in shared/DESIGN.md on this machine type (128 tokens over HTTP).", "",

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOG_FORMATS = ("text", "json")
+DEFAULT_SLOTS = 2  # PARALLEL_SLOTS=auto with a GGUF model
 TEMPLATES = ("auto", "gguf", "chatml", "oasst", "llama2", "plain")
 BACKENDS = ("auto", "llama_cpp", "ctransformers")
 LLM_LIBS = ("auto", "avx2", "avx", "basic")
@@ -191,7 +192,11 @@ class EngineSettings:
                 "NUM_WORKERS x NUM_THREADS = %d x %d = %d is more than the %d CPUs here: generations will "
                 "compete for cores", num_workers, num_threads, num_workers * num_threads, cpus,
             )
-        slots = env.int("PARALLEL_SLOTS", 1, lo=1, hi=64)
+        slots_raw = env.raw("PARALLEL_SLOTS")
+        if not slots_raw or slots_raw.lower() == "auto":  # batching pays on GGUF models (docs/benchmarks.md)
+            slots = DEFAULT_SLOTS if backend == "llama_cpp" else 1
+        else:
+            slots = env.int("PARALLEL_SLOTS", 1, lo=1, hi=64)
         if slots > 1 and backend != "llama_cpp":
             raise ConfigError("PARALLEL_SLOTS", str(slots), "more than 1 needs a GGUF model (llama_cpp backend); "
                               "ctransformers answers one question at a time per worker")

@@ -31,7 +31,7 @@ async def engine_factory() -> AsyncIterator[EngineFactory]:
     engines: list[Engine] = []
 
     async def start(**env: object) -> Engine:
-        env = {"NUM_WORKERS": 1, "NUM_THREADS": 1, "TEMPERATURE": 0, "MAX_NEW_TOKENS": 32, **env}
+        env = {"NUM_WORKERS": 1, "NUM_THREADS": 1, "PARALLEL_SLOTS": 1, "TEMPERATURE": 0, "MAX_NEW_TOKENS": 32, **env}
         engine = Engine(make_settings(**env))
         engines.append(engine)
         await engine.start()

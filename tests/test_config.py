@@ -71,6 +71,7 @@ def test_defaults_and_valid_values(model_path: Path) -> None:
     s = EngineSettings.from_environ({})
     assert s.model_path == model_path and s.model_backend == "llama_cpp"
     assert s.system_prompt == "You are a helpful assistant." and s.defaults.max_new_tokens == 512
+    assert s.parallel_slots == 2  # auto, for a GGUF model
     s = EngineSettings.from_environ({"NUM_WORKERS": "3", "LOAD_ON_FLY": "yes", "TEMPERATURE": "0",
                                      "SYSTEM_PROMPT": "", "PROMPT_TEMPLATE": "ChatML"})
     assert (s.num_workers, s.load_on_fly, s.defaults.temperature, s.system_prompt, s.prompt_template) == (

@@ -20,7 +20,9 @@ def q5_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_settings_detect_backend_type_and_template(q5_file: Path) -> None:
     s = EngineSettings.from_environ({"MODEL_PATH": str(q5_file)})
-    assert (s.model_backend, s.model_type) == ("ctransformers", "gpt_neox")
+    assert (s.model_backend, s.model_type, s.parallel_slots) == ("ctransformers", "gpt_neox", 1)
+    with pytest.raises(ConfigError, match="PARALLEL_SLOTS"):
+        EngineSettings.from_environ({"MODEL_PATH": str(q5_file), "PARALLEL_SLOTS": "2"})
     with pytest.raises(ConfigError, match="MODEL_BACKEND"):
         EngineSettings.from_environ({"MODEL_PATH": str(q5_file), "MODEL_BACKEND": "llama_cpp"})
 
