@@ -50,7 +50,8 @@ class Recorder:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine() -> AsyncIterator[Engine]:
     """One replica, room for one waiting job, short greedy answers: shared by the tests of this module."""
-    engine = Engine(make_settings(NUM_WORKERS=1, NUM_THREADS=1, PARALLEL_SLOTS=1, TEMPERATURE=0, MAX_NEW_TOKENS=32, QUEUE_MAX_SIZE=1))
+    engine = Engine(make_settings(NUM_WORKERS=1, NUM_THREADS=1, PARALLEL_SLOTS=1, TEMPERATURE=0, MAX_NEW_TOKENS=32,
+                                  QUEUE_MAX_SIZE=1))
     await engine.start()
     yield engine
     await engine.stop(grace_s=0)
