@@ -131,11 +131,6 @@ def replica_memory(engine: Engine) -> list[tuple[float, float]]:
     return out
 
 
-def parent_memory() -> tuple[float, float]:
-    info = psutil.Process().memory_full_info()
-    return info.rss / 2**20, info.pss / 2**20
-
-
 async def bench(quick: bool) -> list[str]:
     n_tokens = 64 if quick else 128
     runs = 2 if quick else 3

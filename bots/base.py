@@ -180,7 +180,7 @@ async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: St
             await show(text, force=True)
             return event
         elif isinstance(event, Failed):
-            if event.kind not in ("cancelled",) and event.kind not in ("prompt_too_long",):
+            if event.kind not in ("cancelled", "prompt_too_long"):
                 log.warning("job %s failed: %s: %s", handle.job.id[:8], event.kind, event.reason)
             note = failure_text(event)
             await show(f"{style.render(current)}\n\n{note}" if current.strip() else note, force=True)
