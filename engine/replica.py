@@ -210,7 +210,7 @@ def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settin
             slot = free.pop()
             backend.add(slot, tokens, params)
             running[slot] = _Running(seq, slot, TextAssembler(backend.detokenize, backend.is_eos, stop,
-                                                              params.max_new_tokens),
+                                                              params.max_new_tokens, params.ignore_eos),
                                      len(tokens), time.monotonic() + timeout_s, timeout_s)
         now = time.monotonic()
         for job in list(running.values()):

@@ -31,6 +31,7 @@ class GenParams:
     top_k: int = 40
     repeat_penalty: float = 1.1
     seed: int = -1  # -1: a new random seed per job
+    ignore_eos: bool = False  # never sample end-of-text: the answer runs to max_new_tokens (benchmarks, tests)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiec
 from tests.conftest import EngineFactory
 
 GREEDY = GenParams(max_new_tokens=24, temperature=0.0, repeat_penalty=1.0)
-LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1)  # runs for seconds: to be cancelled or killed
+# runs for seconds on any machine (no end-of-text): to be cancelled, timed out or killed
+LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 + 2?", "Name a primary colour.",
              "What is the largest planet?", "Translate 'hello' into Spanish."]
 
@@ -55,6 +56,20 @@ async def test_answers_like_the_library_itself(engine_factory: EngineFactory, mo
     assert 0 < done.completion_tokens <= GREEDY.max_new_tokens
     assert "<|im_end|>" not in done.text
     assert done.text == library_answer(model_path, QUESTIONS[0], GREEDY)
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+async def test_ignore_eos_answers_run_to_the_token_limit(engine_factory: EngineFactory, slots: int) -> None:
+    engine = await engine_factory(PARALLEL_SLOTS=slots)
+    short = GenParams(max_new_tokens=200, temperature=0.0)
+    natural = await engine.submit(Job.ask(QUESTIONS[2], params=short)).result()
+    assert isinstance(natural, Done) and natural.finish_reason == "stop" and natural.completion_tokens < 200
+    for temperature in (0.0, 0.8):
+        params = GenParams(max_new_tokens=200, temperature=temperature, seed=3, ignore_eos=True)
+        forced = await engine.submit(Job.ask(QUESTIONS[2], params=params)).result()
+        assert isinstance(forced, Done) and forced.finish_reason == "length", forced
+        assert forced.completion_tokens == 200
+        assert "<|im_end|>" not in forced.text and "<|im_start|>" not in forced.text
 
 
 async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factory: EngineFactory) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import ModelInfo
-from engine.backends.llama_cpp import load_cpu_backend
+from engine.backends.llama_cpp import eog_tokens, load_cpu_backend
 from engine.errors import ModelFileError
 from engine.types import GenParams
 
@@ -44,6 +44,7 @@ class BatchedLlama:
         self._ctx: Any = None
         self._batch: Any = None
         self._active: dict[int, _Slot] = {}
+        self._eog: list[int] | None = None
         self.n_ctx = 0
 
     def load(self) -> ModelInfo:
@@ -108,6 +109,10 @@ class BatchedLlama:
         from llama_cpp import _internals as internals
 
         sampler = internals.LlamaSampler()
+        if params.ignore_eos:
+            if self._eog is None:
+                self._eog = eog_tokens(self._model.vocab, self._model.n_vocab())
+            sampler.add_logit_bias(self._model.n_vocab(), dict.fromkeys(self._eog, float("-inf")))
         sampler.add_penalties(self._model.n_vocab(), PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0)
         if params.temperature == 0:
             sampler.add_greedy()

@@ -38,6 +38,13 @@ def load_cpu_backend() -> str:
     return _mapped_cpu_variant()
 
 
+def eog_tokens(vocab: Any, n_vocab: int) -> list[int]:
+    """Every end-of-generation token of a vocabulary (EOS, EOT, <|im_end|>, ...)."""
+    from llama_cpp import llama_vocab_is_eog
+
+    return [token for token in range(n_vocab) if llama_vocab_is_eog(vocab, token)]
+
+
 def _mapped_cpu_variant() -> str:
     """The ``libggml-cpu-<variant>.so`` mapped into this process, if any."""
     try:
@@ -60,6 +67,7 @@ class LlamaCppBackend:
         self.threads = threads
         self.context_length = context_length
         self._llm: Any = None
+        self._eog: list[int] | None = None
 
     def load(self) -> ModelInfo:
         from llama_cpp import Llama
@@ -109,6 +117,7 @@ class LlamaCppBackend:
     def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:
         # reset=True still reuses the longest cached prefix (a thread's follow-up skips re-reading history)
         self._llm.set_seed(params.seed)
+        processors = [self._mask_eog] if params.ignore_eos else None
         yield from self._llm.generate(
             prompt_tokens,
             top_k=params.top_k,
@@ -117,7 +126,15 @@ class LlamaCppBackend:
             temp=params.temperature,
             repeat_penalty=params.repeat_penalty,
             reset=True,
+            logits_processor=processors,
         )
+
+    def _mask_eog(self, _input_ids: Any, scores: Any) -> Any:
+        """A logits processor that rules out every end-of-generation token (``ignore_eos``)."""
+        if self._eog is None:
+            self._eog = eog_tokens(self._llm._model.vocab, self._llm.n_vocab())
+        scores[self._eog] = float("-inf")
+        return scores
 
     def detokenize(self, tokens: list[int]) -> bytes:
         return bytes(self._llm.detokenize(tokens))
