@@ -54,6 +54,8 @@ def failure_text(event: Failed) -> str:
         return Messages.SHUTDOWN
     if event.kind == "crashed":
         return Messages.CRASHED
+    if event.kind == "busy":
+        return Messages.BUSY
     return Messages.FAILED
 
 

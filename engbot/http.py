@@ -35,6 +35,12 @@ def readiness(engine: Engine | RedisSubmitter, adapters: Sequence[Connected]) ->
 
 def make_app(engine: Engine | RedisSubmitter, adapters: Callable[[], Sequence[Connected]]) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
+        """Alive, and (in-process engine) some replica can run: a model that no replica can load is unhealthy,
+        so an orchestrator restarts or flags the container instead of leaving every question to fail."""
+        if isinstance(engine, Engine):
+            health = engine.health()
+            ok = bool(health.pop("ok"))
+            return web.json_response({"status": "ok" if ok else "down", **health}, status=200 if ok else 503)
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:

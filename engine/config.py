@@ -143,10 +143,12 @@ class EngineSettings:
     load_on_fly: bool = False
     keep_alive_s: float = 300.0
     queue_max_size: int = 16
+    queue_timeout_s: float = 120.0
     generation_timeout_s: float = 120.0
     context_length: int = 2048
     prompt_template: str = "auto"
     kv_cache_type: str = "f16"
+    flash_attn: bool = True
     parallel_slots: int = 1
     system_prompt: str = "You are a helpful assistant."
     defaults: GenParams = field(default_factory=GenParams)
@@ -222,10 +224,12 @@ class EngineSettings:
             load_on_fly=env.bool("LOAD_ON_FLY", False),
             keep_alive_s=env.float("KEEP_ALIVE_S", 300.0, lo=0.0),
             queue_max_size=env.int("QUEUE_MAX_SIZE", 16, lo=1, hi=100_000),
+            queue_timeout_s=env.float("QUEUE_TIMEOUT_S", 120.0, lo=0.0, lo_open=True),
             generation_timeout_s=env.float("GENERATION_TIMEOUT_S", 120.0, lo=0.0, lo_open=True),
             context_length=context_length,
             prompt_template=env.choice("PROMPT_TEMPLATE", "auto", TEMPLATES),
             kv_cache_type=env.choice("KV_CACHE_TYPE", "f16", ("f16", "q8_0")),
+            flash_attn=env.bool("FLASH_ATTN", True),
             parallel_slots=slots,
             system_prompt=env.str("SYSTEM_PROMPT", "You are a helpful assistant."),
             defaults=defaults,

@@ -1,4 +1,4 @@
-"""The engine: ``submit(job)`` puts a job in the bounded queue; one worker task per replica process drains it.
+"""The engine: ``submit(job)`` puts a job in the bounded queue; a dispatcher hands it to a replica process.
 
     handle = engine.submit(Job.ask("What is the capital of France?"))   # QueueFull at once when full
     async for event in handle:                                          # Queued*, Started, TextPiece*, Done|Failed
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from engine.backends.base import ModelInfo
 from engine.config import EngineSettings
@@ -90,36 +91,74 @@ class JobSubmitter(Protocol):
     async def asubmit(self, job: Job) -> JobHandle: ...
 
 
+WorkerState = Literal["stopped", "starting", "ready", "stopping", "failed"]
+
+
 @dataclass(eq=False)
 class _Entry:
     handle: JobHandle
+    conversation: int  # jobs of one conversation share a prompt prefix: keep them on one replica
     started_at: float = 0.0
     first_token_at: float = 0.0
-    replica: Replica | None = None
+    worker: _Worker | None = None
     seq: int = 0
     stopping: bool = False  # cancelled by shutdown, not by the caller
     cancelled: bool = False
     pieces: list[str] = field(default_factory=list)
+    expiry: asyncio.TimerHandle | None = None  # fails the job if it waits in the queue too long
+
+
+@dataclass(eq=False)
+class _Worker:
+    """The engine's bookkeeping of one replica process."""
+
+    replica: Replica
+    state: WorkerState = "stopped"
+    jobs: set[_Entry] = field(default_factory=set)  # assigned: running, or waiting for the replica to start
+    waiting: list[_Entry] = field(default_factory=list)  # assigned while the replica starts
+    failures: int = 0  # failed starts in a row
+    retry_at: float = 0.0
+    error: str = ""  # why the last start failed
+    timer: asyncio.TimerHandle | None = None  # idle unload (LOAD_ON_FLY) or the next start attempt
+    conversations: OrderedDict[int, None] = field(default_factory=OrderedDict)  # whose prompts it holds
+    assigned_at: float = 0.0
+
+    def __repr__(self) -> str:
+        return f"<worker {self.replica.index} {self.state} jobs={len(self.jobs)}>"
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Engine:
-    """A bounded queue feeding ``NUM_WORKERS`` supervised replica processes."""
+    """A bounded queue feeding ``NUM_WORKERS`` supervised replica processes of ``PARALLEL_SLOTS`` answers each.
+
+    One dispatcher (``_dispatch``, run on every change: a job submitted or finished, a replica ready, failed or
+    dead) hands the oldest waiting job to the replica with the most free slots, preferring the replica that
+    answered the same conversation last (its prompt prefix is still in that replica's cache).
+    """
 
     def __init__(self, settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or EngineMetrics()
-        self.replicas = [Replica(i, settings, on_death=self.metrics.restarts.inc) for i in range(settings.num_workers)]
+        self.replicas = [Replica(i, settings) for i in range(settings.num_workers)]
+        self._workers = [_Worker(r) for r in self.replicas]
+        for worker in self._workers:
+            worker.replica.on_death = functools.partial(self._on_death, worker)
         self._queue: JobQueue[_Entry] = JobQueue(settings.queue_max_size, on_moved=self._on_moved)
         self._entries: dict[JobHandle, _Entry] = {}
         self._running: set[_Entry] = set()
-        self._workers: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._recent: OrderedDict[str, float] = OrderedDict()
         self._seq = itertools.count(1)
         self._accepting = False
+        self._dispatching = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.model_info: ModelInfo | None = None
-        self.metrics.track(lambda: len(self._queue), lambda: len(self._running))
+        self.metrics.track(lambda: len(self._queue), lambda: len({e.worker for e in self._running}))
 
     def __repr__(self) -> str:
         return (f"<Engine workers={len(self.replicas)} running={len(self._running)} "
@@ -137,20 +176,34 @@ class Engine:
     def accepting(self) -> bool:
         return self._accepting
 
+    @property
+    def capacity(self) -> int:
+        """Answers that can run at once: NUM_WORKERS x PARALLEL_SLOTS."""
+        return len(self._workers) * self.settings.parallel_slots
+
+    def health(self) -> dict[str, object]:
+        """What /healthz reports. ``ok`` is False when no replica can run (each failed its last start and waits
+        before the next attempt): queued jobs then fail at once instead of waiting."""
+        states = [w.state for w in self._workers]
+        report: dict[str, object] = {"ok": not self._down(), "workers": {s: states.count(s) for s in set(states)}}
+        errors = [w.error for w in self._workers if w.state == "failed"]
+        if errors:
+            report["error"] = errors[0]
+        return report
+
     async def start(self) -> None:
-        """Start the replicas (unless LOAD_ON_FLY) and the workers. Raises ``ModelFileError`` if a model
-        cannot be loaded."""
+        """Start the replicas (unless LOAD_ON_FLY) and take jobs. Raises ``ModelFileError`` if a model cannot be
+        loaded."""
         if not self.settings.load_on_fly:
             results = await asyncio.gather(*(r.start() for r in self.replicas), return_exceptions=True)
             errors = [e for e in results if isinstance(e, BaseException)]
             if errors:
                 await asyncio.gather(*(r.stop() for r in self.replicas))
                 raise errors[0]
+            for worker in self._workers:
+                worker.state = "ready"
             self.model_info = self.replicas[0].info
-        self._workers = [asyncio.create_task(self._worker(r), name=f"engbot-worker-{r.index}.{slot}")
-                         for r in self.replicas for slot in range(self.settings.parallel_slots)]
         self._accepting = True
-        await asyncio.sleep(0)  # let the workers reach the queue, so the first jobs start without queueing
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -163,18 +216,21 @@ class Engine:
         """Queue a job and return its handle at once.
 
         Raises ``QueueFull`` when QUEUE_MAX_SIZE jobs wait, ``DuplicateJob`` for a repeated ``dedup_key``,
-        ``EngineClosed`` when not started or shutting down. Never blocks.
+        ``EngineClosed`` when not started, shutting down, or when no replica can run. Never blocks.
         """
         if not self._accepting:
             raise EngineClosed("the engine is not taking jobs (not started, or shutting down)")
         if not job.turns:
             raise ValueError("a job needs at least one turn")
+        if self._down():
+            raise EngineClosed(f"no model worker can run: {self._workers[0].error}")
         if job.dedup_key is not None and self._seen(job.dedup_key):
             raise DuplicateJob(job.dedup_key)
         handle = JobHandle(job, self._cancel)
-        entry = _Entry(handle)
+        system = self.settings.system_prompt if job.system_prompt is None else job.system_prompt
+        entry = _Entry(handle, hash((system, job.turns[0])))
         try:
-            position = self._queue.put(entry)
+            self._queue.put(entry)
         except QueueFull:
             self.metrics.requests.labels(job.platform, "busy").inc()
             raise
@@ -182,8 +238,11 @@ class Engine:
             self._recent[job.dedup_key] = time.monotonic() + DEDUP_TTL_S
         self._entries[handle] = entry
         self._idle.clear()
-        if position:
+        self._dispatch()
+        position = self._queue.position(entry)
+        if position:  # every replica is full: the job waits, and says where
             handle._emit(Queued(position))
+            self._arm_expiry(entry)
         return handle
 
     async def asubmit(self, job: Job) -> JobHandle:
@@ -197,66 +256,214 @@ class Engine:
         return key in self._recent
 
     def _on_moved(self, entry: _Entry, position: int) -> None:
-        entry.handle._emit(Queued(position))
+        if entry.handle.position != position:
+            entry.handle._emit(Queued(position))
+
+    # ---- dispatch ----
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs, oldest first, to replicas with a free slot (starting replicas where needed)."""
+        if self._dispatching:  # re-entered from a job that failed at once: the outer loop continues
+            return
+        self._dispatching = True
+        try:
+            while self._queue:
+                worker = self._choose(self._queue.peek())
+                if worker is None:
+                    break
+                self._assign(self._queue.pop(), worker)
+            if self._queue and self._down():
+                reason = f"the model could not be loaded: {self._workers[0].error}"
+                for entry in self._queue.drain():
+                    self._finish(entry, Failed("load_failed", reason))
+        finally:
+            self._dispatching = False
+
+    def _choose(self, entry: _Entry) -> _Worker | None:
+        slots = self.settings.parallel_slots
+        open_workers = [w for w in self._workers if w.state in ("ready", "starting") and len(w.jobs) < slots]
+        if open_workers:
+            def score(w: _Worker) -> tuple[bool, int, bool, float]:
+                holds = entry.conversation in w.conversations
+                # ready first; then fewest jobs, where holding the conversation's prefix is worth one job
+                return w.state != "ready", len(w.jobs) - holds, not holds, w.assigned_at
+
+            return min(open_workers, key=score)
+        now = time.monotonic()
+        for worker in self._workers:
+            if (worker.state == "stopped" and not worker.jobs) or (worker.state == "failed" and now >= worker.retry_at):
+                self._start_worker(worker)
+                return worker
+        return None
+
+    def _down(self) -> bool:
+        """No replica can take a job now: every one failed its last start and waits before trying again."""
+        now = time.monotonic()
+        return all(w.state == "failed" and now < w.retry_at for w in self._workers)
+
+    def _assign(self, entry: _Entry, worker: _Worker) -> None:
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+            entry.expiry = None
+        entry.worker = worker
+        worker.jobs.add(entry)
+        worker.assigned_at = time.monotonic()
+        if worker.state == "ready":
+            worker.cancel_timer()  # an idle unload that was due
+        worker.conversations[entry.conversation] = None
+        worker.conversations.move_to_end(entry.conversation)
+        while len(worker.conversations) > self.settings.parallel_slots:
+            worker.conversations.popitem(last=False)
+        if worker.state == "ready":
+            self._spawn(self._run(worker, entry), f"engbot-job-{entry.handle.job.id[:8]}")
+        else:
+            worker.waiting.append(entry)
+
+    def _arm_expiry(self, entry: _Entry) -> None:
+        timeout = self.settings.queue_timeout_s
+        delay = max(0.0, entry.handle.submitted_at + timeout - time.monotonic())
+        entry.expiry = asyncio.get_running_loop().call_later(delay, self._expire, entry)
+
+    def _expire(self, entry: _Entry) -> None:
+        entry.expiry = None
+        if self._queue.remove(entry):
+            log.warning("job %s waited %.0f s for a model worker: given up", entry.handle.job.id[:8],
+                        self.settings.queue_timeout_s)
+            self._finish(entry, Failed("busy", f"no model worker was free for {self.settings.queue_timeout_s:g} s"))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task %s failed", task.get_name(), exc_info=task.exception())
+
+    # ---- replica lifecycle ----
+
+    def _start_worker(self, worker: _Worker) -> None:
+        worker.cancel_timer()
+        worker.state = "starting"
+        self._spawn(self._start(worker), f"engbot-start-{worker.replica.index}")
+
+    async def _start(self, worker: _Worker) -> None:
+        try:
+            await worker.replica.stop()  # forget a process that died
+            info = await worker.replica.start()
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, ModelFileError) else f"starting the model process failed: {exc}"
+            worker.failures += 1
+            delay = min(RESTART_BACKOFF_MAX_S, 0.5 * 2**worker.failures)
+            worker.state, worker.error, worker.retry_at = "failed", error, time.monotonic() + delay
+            log.error("replica %d could not start: %s (next attempt in %.0f s)", worker.replica.index, error, delay)
+            waiting, worker.waiting = worker.waiting, []
+            worker.jobs.difference_update(waiting)
+            for entry in waiting:
+                entry.worker = None
+                self._arm_expiry(entry)
+            self._queue.put_front(waiting)  # to another replica, or failed below if none can run
+            if not self.settings.load_on_fly and self._accepting:
+                worker.timer = asyncio.get_running_loop().call_later(delay, self._retry, worker)
+        else:
+            worker.state, worker.failures, worker.error = "ready", 0, ""
+            self.model_info = info
+            waiting, worker.waiting = worker.waiting, []
+            for entry in waiting:
+                self._spawn(self._run(worker, entry), f"engbot-job-{entry.handle.job.id[:8]}")
+            if not worker.jobs:
+                self._idle_worker(worker)
+        self._dispatch()
+
+    def _retry(self, worker: _Worker) -> None:
+        worker.timer = None
+        if worker.state == "failed" and self._accepting:
+            self._start_worker(worker)
+
+    def _on_death(self, worker: _Worker) -> None:
+        """The replica's process ended without being asked to (its running jobs end as "crashed")."""
+        if worker.state != "ready":
+            return  # a start in progress reports it as a failed start
+        self.metrics.restarts.inc()
+        worker.state = "stopped"
+        worker.conversations.clear()
+        if not worker.jobs:
+            self._after_death(worker)
+
+    def _after_death(self, worker: _Worker) -> None:
+        if not self.settings.load_on_fly and self._accepting:
+            self._start_worker(worker)
+        else:
+            self._spawn(worker.replica.stop(), f"engbot-reap-{worker.replica.index}")  # just collect the process
+
+    def _idle_worker(self, worker: _Worker) -> None:
+        """LOAD_ON_FLY: unload a replica that stays idle for KEEP_ALIVE_S."""
+        if self.settings.load_on_fly and worker.state == "ready" and not worker.jobs:
+            worker.cancel_timer()
+            worker.timer = asyncio.get_running_loop().call_later(self.settings.keep_alive_s, self._unload, worker)
+
+    def _unload(self, worker: _Worker) -> None:
+        worker.timer = None
+        if worker.state == "ready" and not worker.jobs:
+            worker.state = "stopping"
+            self._spawn(self._stop_worker(worker), f"engbot-unload-{worker.replica.index}")
+
+    async def _stop_worker(self, worker: _Worker) -> None:
+        log.info("replica %d unloads its model after %.0f s idle", worker.replica.index, self.settings.keep_alive_s)
+        try:
+            await worker.replica.stop()
+        finally:
+            worker.state = "stopped"
+            worker.conversations.clear()
+            self._dispatch()
+
+    def _release(self, worker: _Worker, entry: _Entry) -> None:
+        worker.jobs.discard(entry)
+        if worker.state == "stopped" and not worker.jobs:  # it died under its jobs
+            self._after_death(worker)
+        self._dispatch()
+        if not worker.jobs:
+            self._idle_worker(worker)
+
+    # ---- jobs ----
 
     def _cancel(self, handle: JobHandle) -> None:
         entry = self._entries.get(handle)
         if entry is None:
             return
         entry.cancelled = True
+        worker = entry.worker
         if self._queue.remove(entry):
+            if entry.expiry is not None:
+                entry.expiry.cancel()
             self._finish(entry, Failed("cancelled", "cancelled"))
-        elif entry.replica is not None:
-            entry.replica.cancel(entry.seq)
-        # else: a worker has taken it but not started it yet; it checks ``cancelled`` first
+        elif worker is not None and entry in worker.waiting:  # its replica is still starting
+            worker.waiting.remove(entry)
+            worker.jobs.discard(entry)
+            self._finish(entry, Failed("cancelled", "cancelled"))
+            self._dispatch()
+        elif worker is not None and entry.seq:
+            worker.replica.cancel(entry.seq)
+        # else: its task has not run yet, and checks ``cancelled`` first
 
-    async def _worker(self, replica: Replica) -> None:
-        failures = 0
-        while True:
-            if not self.settings.load_on_fly and not replica.alive and self._accepting:
-                try:
-                    await replica.ensure_started()
-                    self.model_info = replica.info
-                    failures = 0
-                except ModelFileError as exc:
-                    failures += 1
-                    delay = min(RESTART_BACKOFF_MAX_S, 0.5 * 2**failures)
-                    log.error("replica %d could not restart: %s (retrying in %.0f s)", replica.index, exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
-            keep_alive = self.settings.keep_alive_s if self.settings.load_on_fly and replica.alive else None
-            entry = await self._queue.get(timeout=keep_alive)
-            if entry is None:
-                if replica.alive and not replica.busy and (self.settings.load_on_fly or not self._accepting):
-                    log.info("replica %d unloads its model after %.0f s idle", replica.index, keep_alive or 0)
-                    await replica.stop()
-                if not self._accepting and not len(self._queue):
-                    return
-                continue
-            await self._run(replica, entry)
-            if (self.settings.load_on_fly and self.settings.keep_alive_s == 0 and not len(self._queue)
-                    and not replica.busy):
-                await replica.stop()
-
-    async def _run(self, replica: Replica, entry: _Entry) -> None:
+    async def _run(self, worker: _Worker, entry: _Entry) -> None:
         handle = entry.handle
-        entry.started_at = time.monotonic()
-        self.metrics.queue_wait.observe(entry.started_at - handle.submitted_at)
-        self._running.add(entry)
+        replica = worker.replica
+        requeued = False
         try:
             if entry.cancelled:
                 self._finish(entry, Failed("cancelled", "cancelled"))
                 return
-            if not replica.alive:  # LOAD_ON_FLY, or a restart that failed
-                try:
-                    await replica.ensure_started()
-                    self.model_info = replica.info
-                except ModelFileError as exc:
-                    self._finish(entry, Failed("load_failed", f"the model could not be loaded: {exc}"))
-                    return
-            entry.replica, entry.seq = replica, next(self._seq)
-            if entry.cancelled:  # cancelled while its model was loading
-                replica.cancel(entry.seq)
+            if worker.state != "ready":  # its replica died before the job began: another one takes it
+                requeued, entry.worker = True, None
+                self._queue.put_front([entry])
+                self._arm_expiry(entry)
+                return
+            entry.started_at = time.monotonic()
+            self.metrics.queue_wait.observe(entry.started_at - handle.submitted_at)
+            self._running.add(entry)
+            entry.seq = next(self._seq)
             job = handle.job
             params = job.params or self.settings.defaults
             system = self.settings.system_prompt if job.system_prompt is None else job.system_prompt
@@ -269,7 +476,8 @@ class Engine:
                     entry.pieces.append(msg[2])
                     handle._emit(TextPiece(msg[2]))
                 elif kind == "started":
-                    handle._emit(Started(replica.index, entry.started_at - handle.submitted_at, msg[2], msg[3]))
+                    handle._emit(Started(replica.index, entry.started_at - handle.submitted_at, msg[2], msg[3],
+                                         cached_tokens=msg[4]))
                 elif kind == "done":
                     self.metrics.tokens.inc(msg[4])
                     now = time.monotonic()
@@ -286,9 +494,10 @@ class Engine:
                     else:
                         self._finish(entry, Failed(msg[2], msg[3], partial))
         finally:
-            if not handle.done:  # the worker itself was cancelled (hard shutdown)
-                self._finish(entry, Failed("shutdown", SHUTDOWN_REASON))
+            if not handle.done and not requeued:  # the task itself was cancelled (hard shutdown)
+                self._finish(entry, Failed("shutdown", SHUTDOWN_REASON, "".join(entry.pieces)))
             self._running.discard(entry)
+            self._release(worker, entry)
 
     def _finish(self, entry: _Entry, event: Done | Failed) -> None:
         handle = entry.handle
@@ -317,17 +526,28 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         for entry in self._queue.drain():
+            if entry.expiry is not None:
+                entry.expiry.cancel()
             self._finish(entry, Failed("shutdown", SHUTDOWN_REASON))
+        for worker in self._workers:
+            worker.cancel_timer()
+            for entry in worker.waiting:
+                worker.jobs.discard(entry)
+                self._finish(entry, Failed("shutdown", SHUTDOWN_REASON))
+            worker.waiting.clear()
         for entry in list(self._running):
             entry.stopping = True
-            if entry.replica is not None:
-                entry.replica.cancel(entry.seq)
-        self._queue.close()
-        if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=5.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if entry.worker is not None and entry.seq:
+                entry.worker.replica.cancel(entry.seq)
+        deadline = time.monotonic() + 5.0
+        while self._tasks and time.monotonic() < deadline:  # (ending tasks may start others, e.g. a reap)
+            await asyncio.wait(list(self._tasks), timeout=deadline - time.monotonic())
+        pending = list(self._tasks)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         for entry in list(self._entries.values()):
             self._finish(entry, Failed("shutdown", SHUTDOWN_REASON))
         await asyncio.gather(*(r.stop() for r in self.replicas))
+        for worker in self._workers:
+            worker.state = "stopped"

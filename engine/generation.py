@@ -26,8 +26,9 @@ class TextAssembler:
     """
 
     def __init__(self, detokenize: Callable[[list[int]], bytes], is_eos: Callable[[int], bool],
-                 stop: Sequence[str], max_new_tokens: int) -> None:
+                 stop: Sequence[str], max_new_tokens: int, ignore_eos: bool = False) -> None:
         self._detokenize, self._is_eos = detokenize, is_eos
+        self._ignore_eos = ignore_eos
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = stop
         self._hold = max((len(s) for s in stop), default=1) - 1
@@ -41,11 +42,13 @@ class TextAssembler:
     def feed(self, token: int) -> str:
         """Take one token; return the new text that is safe to show ("" if none). Sets ``finish_reason`` when
         the sequence is complete."""
-        if self._is_eos(token):
+        eos = self._is_eos(token)
+        if eos and not self._ignore_eos:
             self.finish_reason = "stop"
             return self.close()
         self.count += 1
-        self.text += self._decoder.decode(self._detokenize([token]))
+        if not eos:  # (with ignore_eos, an end-of-text token counts but shows nothing)
+            self.text += self._decoder.decode(self._detokenize([token]))
         cut = _find_stop(self.text, self._stop, self.sent)
         if cut is not None:
             self.text = self.text[:cut]
@@ -83,7 +86,7 @@ def generate_text(
     ``interrupt`` is checked after every token; a non-None value ends the generation with that value as the
     finish reason.
     """
-    text = TextAssembler(backend.detokenize, backend.is_eos, stop, params.max_new_tokens)
+    text = TextAssembler(backend.detokenize, backend.is_eos, stop, params.max_new_tokens, params.ignore_eos)
     reason = "stop"  # the backend may end on its own (a full context)
     for token in backend.generate(prompt_tokens, params):
         piece = text.feed(token)

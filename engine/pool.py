@@ -120,7 +120,9 @@ class Replica:
         cancel is killed and yields a "timeout" or "cancelled" failure. Either way the process is gone after.
         """
         conn, process = self.conn, self.process
-        assert conn is not None
+        if conn is None:
+            yield ("failed", seq, "crashed", "the model process is not running; it is being restarted", "")
+            return
         inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._routes[seq] = inbox
         try:

@@ -92,15 +92,48 @@ _CONTROL = re.compile(r"<\|([^|\s]{1,64})\|>|</?s>|\[/?INST\]")
 
 
 def defuse(text: str) -> str:
-    """Message text with control-token look-alikes (``<|im_end|>``, ``<|endoftext|>``, ``[INST]``) broken up, so
-    a user cannot end their turn early or speak as the assistant: the template alone writes control tokens."""
+    """Message text with the built-in templates' markers (``<|im_end|>``, ``<|endoftext|>``, ``[INST]``) broken
+    up. For models whose vocabulary has no special token for a marker (ChatML on a gpt_neox model, Llama-2's
+    ``[INST]``), the marker is plain text, and a user could end their turn early or speak as the assistant."""
     return _CONTROL.sub(lambda m: m.group(0).replace("|", "\u2758").replace("<", "\u2039").replace("[", "\u27e6"),
                         text)
 
 
+Tokenize = Callable[[str, bool, bool], list[int]]  # (text, add_bos, special) -> tokens
+_MARK = re.compile("\ue000([0-9]+)\ue001")  # stands for message i while the template renders
+
+
+def tokenize_conversation(template: Template, tokenize: Tokenize, turns: Sequence[Turn],
+                          trusted: int = 0) -> tuple[list[int], tuple[str, ...]]:
+    """Tokens of the rendered conversation, where only the template's own text can make special tokens.
+
+    The prompt is one string with the template's control tokens written as text (``<|im_start|>``), and the
+    tokenizer must parse them. Message text must not get the same treatment: a user who types ``<|im_end|>`` (or
+    Gemma's ``<end_of_turn>``, Mistral's ``[INST]``) would otherwise close their turn and write the assistant's.
+    Messages that hold such text are tokenized on their own, as plain text, between the template's pieces; all
+    others keep the exact tokenization of the whole prompt. The first ``trusted`` turns (the operator's system
+    prompt) are taken as they are.
+    """
+    rendered = template(turns)
+    tokens = tokenize(rendered.prompt, rendered.add_bos, True)
+    suspicious = [i for i, t in enumerate(turns)
+                  if i >= trusted and tokenize(t.content, False, True) != tokenize(t.content, False, False)]
+    if not suspicious:
+        return tokens, rendered.stop
+    marked = template([Turn(t.role, f"\ue000{i}\ue001") if i in suspicious else t for i, t in enumerate(turns)])
+    parts = _MARK.split(marked.prompt)
+    tokens = []
+    for k, part in enumerate(parts):
+        if k % 2:  # a message's text
+            tokens += tokenize(turns[int(part)].content, False, False)
+        elif part or k == 0:  # the template's text
+            tokens += tokenize(part, k == 0 and marked.add_bos, True)
+    return tokens, rendered.stop
+
+
 def fit_prompt(
     template: Template,
-    tokenize: Callable[[str, bool], list[int]],
+    tokenize: Tokenize,
     system_prompt: str,
     turns: Sequence[Turn],
     budget: int,
@@ -113,17 +146,17 @@ def fit_prompt(
     """
     if not turns:
         raise ValueError("a job needs at least one turn")
-    turns = [Turn(t.role, defuse(t.content)) for t in turns]
+    if template in BUILTIN.values():  # their markers may be plain text to the model's vocabulary
+        turns = [Turn(t.role, defuse(t.content)) for t in turns]
     system = (Turn("system", system_prompt),) if system_prompt else ()
     start = 0
     while True:
         kept = list(turns[start:])
         while len(kept) > 1 and kept[0].role != "user":
             kept.pop(0)
-        rendered = template([*system, *kept])
-        tokens = tokenize(rendered.prompt, rendered.add_bos)
+        tokens, stop = tokenize_conversation(template, tokenize, [*system, *kept], trusted=len(system))
         if len(tokens) <= budget:
-            return tokens, rendered.stop, len(turns) - len(kept)
+            return tokens, stop, len(turns) - len(kept)
         if len(kept) <= 1:
             raise PromptTooLong(
                 f"the message is too long for this model: about {len(tokens)} tokens, and at most {budget} "

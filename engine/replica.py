@@ -26,6 +26,7 @@ from typing import Any
 
 from engine.backends.base import Backend, Model, ModelInfo
 from engine.backends.llama_batch import BatchedLlama
+from engine.backends.llama_cpp import LlamaCppBackend
 from engine.config import EngineSettings
 from engine.errors import ConfigError, ModelFileError, PromptTooLong
 from engine.generation import TextAssembler, generate_text
@@ -48,14 +49,11 @@ def make_backend(settings: EngineSettings) -> Backend | BatchedLlama:
             context_length=settings.context_length,
         )
     if settings.parallel_slots > 1:
-        from engine.backends.llama_batch import BatchedLlama
-
         return BatchedLlama(settings.model_path, threads=settings.num_threads, context_length=settings.context_length,
-                            slots=settings.parallel_slots, kv_cache_type=settings.kv_cache_type)
-    from engine.backends.llama_cpp import LlamaCppBackend
-
+                            slots=settings.parallel_slots, kv_cache_type=settings.kv_cache_type,
+                            flash_attn=settings.flash_attn)
     return LlamaCppBackend(settings.model_path, threads=settings.num_threads, context_length=settings.context_length,
-                           kv_cache_type=settings.kv_cache_type)
+                           kv_cache_type=settings.kv_cache_type, flash_attn=settings.flash_attn)
 
 
 def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel: Any) -> None:
@@ -101,8 +99,9 @@ def _serve(backend: Backend, info: ModelInfo, template: Any, settings: EngineSet
 
 def _prepare(backend: Model, info: ModelInfo, template: Any, conn: Connection, seq: int,
              turns: tuple[Turn, ...], system_prompt: str, params: GenParams) -> tuple[list[int], tuple[str, ...],
-                                                                                  GenParams] | None:
-    """The job's prompt tokens, stop strings and params (with a seed); None after reporting a failure."""
+                                                                                  GenParams, int] | None:
+    """The job's prompt tokens, stop strings, params (with a seed) and dropped turns; None after reporting a
+    failure."""
     if params.seed < 0:
         params = replace(params, seed=random.randrange(2**31))
     budget = info.n_ctx - params.max_new_tokens
@@ -115,8 +114,7 @@ def _prepare(backend: Model, info: ModelInfo, template: Any, conn: Connection, s
         log.exception("building the prompt failed")
         conn.send(("failed", seq, "error", f"the prompt could not be built: {exc}", ""))
         return None
-    conn.send(("started", seq, len(tokens), dropped))
-    return tokens, stop, params
+    return tokens, stop, params, dropped
 
 
 def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineSettings, conn: Connection,
@@ -126,7 +124,9 @@ def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineS
     prepared = _prepare(backend, info, template, conn, seq, turns, system_prompt, params)
     if prepared is None:
         return
-    tokens, stop, params = prepared
+    tokens, stop, params, dropped = prepared
+    cached = backend.cached_prefix(tokens) if isinstance(backend, LlamaCppBackend) else 0
+    conn.send(("started", seq, len(tokens), dropped, cached))
 
     def interrupt() -> str | None:
         if cancel.value == seq:
@@ -203,14 +203,16 @@ def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settin
             prepared = _prepare(backend, info, template, conn, seq, turns, system_prompt, params)
             if prepared is None:
                 continue
-            tokens, stop, params = prepared
+            tokens, stop, params, dropped = prepared
             if not free:  # the pool never sends more jobs than slots; refuse rather than corrupt a slot
                 conn.send(("failed", seq, "error", "no free slot in this worker", ""))
                 continue
-            slot = free.pop()
-            backend.add(slot, tokens, params)
+            slot = backend.choose_slot(tokens, free)
+            free.remove(slot)
+            cached = backend.add(slot, tokens, params)
+            conn.send(("started", seq, len(tokens), dropped, cached))
             running[slot] = _Running(seq, slot, TextAssembler(backend.detokenize, backend.is_eos, stop,
-                                                              params.max_new_tokens),
+                                                              params.max_new_tokens, params.ignore_eos),
                                      len(tokens), time.monotonic() + timeout_s, timeout_s)
         now = time.monotonic()
         for job in list(running.values()):
@@ -227,6 +229,7 @@ def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settin
             for job in list(running.values()):
                 conn.send(("failed", job.seq, "error", f"the model failed while answering: {exc}", job.text.text))
                 backend.remove(job.slot)
+            backend.forget()  # what the failed batch left in the cache is unknown
             free[:] = list(range(settings.parallel_slots))
             running.clear()
             continue

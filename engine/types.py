@@ -31,6 +31,7 @@ class GenParams:
     top_k: int = 40
     repeat_penalty: float = 1.1
     seed: int = -1  # -1: a new random seed per job
+    ignore_eos: bool = False  # never sample end-of-text: the answer runs to max_new_tokens (benchmarks, tests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,8 @@ class Queued:
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """A replica took the job. ``prompt_tokens`` counts the prompt after history trimming.
+    """A replica took the job. ``prompt_tokens`` counts the prompt after history trimming, ``cached_tokens`` the
+    part of it that was not read again.
 
     ``attempt`` > 1 (QUEUE_BACKEND=redis only): the host running the job went away and another one starts the
     answer again; text shown so far belongs to the abandoned attempt.
@@ -77,6 +79,7 @@ class Started:
     prompt_tokens: int
     dropped_turns: int = 0
     attempt: int = 1
+    cached_tokens: int = 0  # prompt tokens found in the replica's cache (an earlier turn of the conversation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,9 @@ class Done:
     duration_s: float = 0.0
 
 
-FailureKind = Literal["timeout", "crashed", "cancelled", "prompt_too_long", "load_failed", "shutdown", "error"]
+# busy: no model worker was free within QUEUE_TIMEOUT_S
+FailureKind = Literal["timeout", "crashed", "cancelled", "prompt_too_long", "load_failed", "shutdown", "busy",
+                      "error"]
 
 
 @dataclass(frozen=True, slots=True)

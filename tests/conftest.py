@@ -26,12 +26,20 @@ def make_settings(**env: object) -> EngineSettings:
 
 
 @pytest.fixture
-async def engine_factory() -> AsyncIterator[EngineFactory]:
+def parallel_slots() -> int:
+    """PARALLEL_SLOTS of the engines a test starts, unless it sets it. Test modules override this fixture to run
+    their tests with one slot and with several (the single-sequence and the batched replica)."""
+    return 1
+
+
+@pytest.fixture
+async def engine_factory(parallel_slots: int) -> AsyncIterator[EngineFactory]:
     """Start engines with the given settings (NUM_WORKERS=1, greedy by default); stop them all afterwards."""
     engines: list[Engine] = []
 
     async def start(**env: object) -> Engine:
-        env = {"NUM_WORKERS": 1, "NUM_THREADS": 1, "PARALLEL_SLOTS": 1, "TEMPERATURE": 0, "MAX_NEW_TOKENS": 32, **env}
+        env = {"NUM_WORKERS": 1, "NUM_THREADS": 1, "PARALLEL_SLOTS": parallel_slots, "TEMPERATURE": 0,
+               "MAX_NEW_TOKENS": 32, **env}
         engine = Engine(make_settings(**env))
         engines.append(engine)
         await engine.start()

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from engine.config import EngineSettings
-from engine.engine import Engine
+from engine.engine import Engine, JobHandle
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
 from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
 from tests.conftest import EngineFactory
 
 GREEDY = GenParams(max_new_tokens=24, temperature=0.0, repeat_penalty=1.0)
-LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1)  # runs for seconds: to be cancelled or killed
+# runs for seconds on any machine (no end-of-text): to be cancelled, timed out or killed
+LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 + 2?", "Name a primary colour.",
              "What is the largest planet?", "Translate 'hello' into Spanish."]
 
@@ -26,7 +27,7 @@ def library_answer(model_path: Path, question: str, params: GenParams) -> str:
     """The same question through llama-cpp-python's own chat completion, in this process."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=1, verbose=False)
+    llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=1, flash_attn=True, verbose=False)  # as FLASH_ATTN
     try:
         out = llm.create_chat_completion(
             [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": question}],
@@ -37,6 +38,12 @@ def library_answer(model_path: Path, question: str, params: GenParams) -> str:
         llm.close()
 
 
+@pytest.fixture(params=[1, 2], ids=["1slot", "2slots"])
+def parallel_slots(request: pytest.FixtureRequest) -> int:
+    """Every engine test runs on the single-sequence replica and on the batched one."""
+    return int(request.param)
+
+
 async def first_text(handle: object) -> None:
     async for event in handle:  # type: ignore[attr-defined]
         if isinstance(event, TextPiece):
@@ -44,6 +51,7 @@ async def first_text(handle: object) -> None:
         assert not isinstance(event, Done | Failed), event
 
 
+@pytest.mark.parametrize("parallel_slots", [1])  # the batched path's numbers differ slightly from the library's
 async def test_answers_like_the_library_itself(engine_factory: EngineFactory, model_path: Path) -> None:
     engine = await engine_factory()
     events = [e async for e in engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))]
@@ -55,6 +63,20 @@ async def test_answers_like_the_library_itself(engine_factory: EngineFactory, mo
     assert 0 < done.completion_tokens <= GREEDY.max_new_tokens
     assert "<|im_end|>" not in done.text
     assert done.text == library_answer(model_path, QUESTIONS[0], GREEDY)
+
+
+async def test_ignore_eos_answers_run_to_the_token_limit(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory()
+    natural = await engine.submit(Job.ask(QUESTIONS[0], params=GenParams(max_new_tokens=64, temperature=0.0))).result()
+    for temperature in (0.0, 0.8):
+        params = GenParams(max_new_tokens=200, temperature=temperature, seed=3, ignore_eos=True)
+        forced = await engine.submit(Job.ask(QUESTIONS[0], params=params)).result()
+        assert isinstance(forced, Done) and forced.finish_reason == "length", forced
+        assert forced.completion_tokens == 200
+        assert "<|im_end|>" not in forced.text and "<|im_start|>" not in forced.text
+        if temperature == 0.0 and isinstance(natural, Done) and natural.finish_reason == "stop":
+            # greedy: the same answer up to where it would have ended, then more
+            assert forced.text.startswith(natural.text) and len(forced.text) > len(natural.text)
 
 
 async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factory: EngineFactory) -> None:
@@ -69,9 +91,15 @@ async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factor
     assert len({r.text for r in results}) == len(QUESTIONS)  # type: ignore[union-attr]
 
 
-async def test_queue_full_is_raised_at_once_and_positions_move(engine_factory: EngineFactory) -> None:
+def fill_slots(engine: Engine, n: int) -> list[JobHandle]:
+    """Long answers that take every slot of a one-replica engine."""
+    return [engine.submit(Job.ask(f"Tell me a long story number {i}.", params=LONG)) for i in range(n)]
+
+
+async def test_queue_full_is_raised_at_once_and_positions_move(engine_factory: EngineFactory,
+                                                               parallel_slots: int) -> None:
     engine = await engine_factory(QUEUE_MAX_SIZE=2)
-    running = engine.submit(Job.ask("Tell me a long story.", params=LONG))
+    running, *others = fill_slots(engine, parallel_slots)
     await first_text(running)
     second = engine.submit(Job.ask(QUESTIONS[1], params=GREEDY))
     third = engine.submit(Job.ask(QUESTIONS[2], params=GREEDY))
@@ -86,6 +114,8 @@ async def test_queue_full_is_raised_at_once_and_positions_move(engine_factory: E
     assert [e.position for e in third_events if isinstance(e, Queued)] == [2, 1]
     assert isinstance(third_events[-1], Done)
     assert isinstance(await second.result(), Done)
+    for handle in others:
+        handle.cancel()
 
 
 async def test_cancel_stops_generation_and_frees_the_replica(engine_factory: EngineFactory) -> None:
@@ -102,16 +132,18 @@ async def test_cancel_stops_generation_and_frees_the_replica(engine_factory: Eng
     assert isinstance(after, Done) and after.text
 
 
-async def test_cancel_of_a_queued_job_removes_it(engine_factory: EngineFactory) -> None:
+async def test_cancel_of_a_queued_job_removes_it(engine_factory: EngineFactory, parallel_slots: int) -> None:
     engine = await engine_factory()
-    running = engine.submit(Job.ask("Tell me a long story.", params=LONG))
+    running = fill_slots(engine, parallel_slots)
     queued = engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))
+    assert engine.queued == 1
     queued.cancel()
     result = await queued.result()
     assert isinstance(result, Failed) and result.kind == "cancelled"
     assert engine.queued == 0
-    running.cancel()
-    await running.result()
+    for handle in running:
+        handle.cancel()
+        await handle.result()
 
 
 async def test_generation_timeout_is_reported_with_the_partial_text(engine_factory: EngineFactory) -> None:
@@ -196,13 +228,14 @@ async def test_duplicates_closed_engine_and_draining_shutdown(engine_factory: En
     assert not any(r.alive for r in engine.replicas)
 
 
-async def test_shutdown_past_its_grace_fails_running_jobs(engine_factory: EngineFactory) -> None:
+async def test_shutdown_past_its_grace_fails_running_jobs(engine_factory: EngineFactory,
+                                                          parallel_slots: int) -> None:
     engine = await engine_factory()
-    running = engine.submit(Job.ask("Tell me a long story.", params=LONG))
+    running = fill_slots(engine, parallel_slots)
     queued = engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))
-    await first_text(running)
+    await first_text(running[0])
     await engine.stop(grace_s=0.2)
-    for handle in (running, queued):
+    for handle in (*running, queued):
         result = await handle.result()
         assert isinstance(result, Failed) and result.kind == "shutdown", result
 

@@ -38,7 +38,7 @@ class ScriptedBackend:
 
 
 def run(pieces: list[bytes], stop: tuple[str, ...] = (), max_new: int = 100,
-        interrupt_after: int | None = None) -> tuple[str, list[str], int, str]:
+        interrupt_after: int | None = None, ignore_eos: bool = False) -> tuple[str, list[str], int, str]:
     emitted: list[str] = []
     calls = 0
 
@@ -47,7 +47,7 @@ def run(pieces: list[bytes], stop: tuple[str, ...] = (), max_new: int = 100,
         calls += 1
         return "cancelled" if interrupt_after is not None and calls >= interrupt_after else None
 
-    result = generate_text(ScriptedBackend(pieces), [1], GenParams(max_new_tokens=max_new), stop,
+    result = generate_text(ScriptedBackend(pieces), [1], GenParams(max_new_tokens=max_new, ignore_eos=ignore_eos), stop,
                            emitted.append, interrupt)
     return result.text, emitted, result.completion_tokens, result.finish_reason
 
@@ -80,3 +80,18 @@ def test_length_limit_and_interrupt() -> None:
     assert run([b"a", b"b", b"c", b"d"], max_new=2)[3] == "length"
     text, _, count, reason = run([b"a", b"b", b"c", b"d"], interrupt_after=3)
     assert (text, count, reason) == ("abc", 3, "cancelled")
+
+
+def test_ignore_eos_counts_an_end_of_text_token_as_an_empty_one() -> None:
+    class Looping(ScriptedBackend):
+        def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:
+            while True:
+                yield 1
+                yield EOS
+
+    emitted: list[str] = []
+    result = generate_text(Looping([b"ab"]), [1], GenParams(max_new_tokens=5, ignore_eos=True), (),
+                           emitted.append, lambda: None)
+    assert (result.text, result.completion_tokens, result.finish_reason) == ("ababab", 5, "length")
+    assert "".join(emitted) == "ababab"
+    assert run([b"ab", b"cd"], max_new=5, ignore_eos=False)[2:] == (2, "stop")

@@ -33,8 +33,9 @@ class Model(Protocol):
         """Load the model file; raise ``ModelFileError`` with a clear message if it cannot be read."""
         ...
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Tokens of a prompt. Special tokens in the text are parsed; ``add_bos`` adds a BOS if the model has one."""
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Tokens of a prompt. ``special``: the text of special tokens (``<|im_end|>``) becomes those tokens (for
+        the template's own text, never for message text); ``add_bos`` adds a BOS if the model has one."""
         ...
 
     def detokenize(self, tokens: list[int]) -> bytes:

@@ -141,13 +141,14 @@ class CTransformersBackend:
             raise RuntimeError("the ctransformers model is not loaded (or was closed)")
         return self._llm
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Tokens of ``text``; the vocabulary's special tokens (``<|...|>``) in it become single tokens."""
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Tokens of ``text``; with ``special``, the vocabulary's special tokens (``<|...|>``) in it become single
+        tokens."""
         llm = self._require()
         text = text.replace("\0", "")
         tokens = [int(llm.bos_token_id)] if self._add_bos and add_bos else []
-        for part in self._split.split(text) if self._split else [text]:
-            if part in self._specials:
+        for part in self._split.split(text) if self._split and special else [text]:
+            if special and part in self._specials:
                 tokens.append(self._specials[part])
                 continue
             for chunk in _library_chunks(part):

@@ -38,6 +38,23 @@ def load_cpu_backend() -> str:
     return _mapped_cpu_variant()
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def eog_tokens(vocab: Any, n_vocab: int) -> list[int]:
+    """Every end-of-generation token of a vocabulary (EOS, EOT, <|im_end|>, ...)."""
+    from llama_cpp import llama_vocab_is_eog
+
+    return [token for token in range(n_vocab) if llama_vocab_is_eog(vocab, token)]
+
+
 def _mapped_cpu_variant() -> str:
     """The ``libggml-cpu-<variant>.so`` mapped into this process, if any."""
     try:
@@ -54,12 +71,15 @@ def _mapped_cpu_variant() -> str:
 class LlamaCppBackend:
     """One GGUF model, memory-mapped so that replicas share its weight pages."""
 
-    def __init__(self, path: Path, *, threads: int, context_length: int, kv_cache_type: str = "f16") -> None:
+    def __init__(self, path: Path, *, threads: int, context_length: int, kv_cache_type: str = "f16",
+                 flash_attn: bool = True) -> None:
         self.path = path
+        self.flash_attn = flash_attn
         self.kv_cache_type = kv_cache_type
         self.threads = threads
         self.context_length = context_length
         self._llm: Any = None
+        self._eog: list[int] | None = None
 
     def load(self) -> ModelInfo:
         from llama_cpp import Llama
@@ -88,7 +108,9 @@ class LlamaCppBackend:
             chat_template=meta.get("tokenizer.chat_template"),
             bos_token=self._piece(bos),
             eos_token=self._piece(eos),
-            detail=f"threads={self.threads} kv={self.kv_cache_type}" + (f" cpu={cpu_variant}" if cpu_variant else ""),
+            detail=f"threads={self.threads} kv={self.kv_cache_type}"
+            + (" flash_attn" if self._kv_options()["flash_attn"] else "")
+            + (f" cpu={cpu_variant}" if cpu_variant else ""),
         )
 
     def _kv_options(self) -> dict[str, Any]:
@@ -96,19 +118,26 @@ class LlamaCppBackend:
             from llama_cpp import GGML_TYPE_Q8_0
 
             return {"flash_attn": True, "type_k": GGML_TYPE_Q8_0, "type_v": GGML_TYPE_Q8_0}
-        return {}
+        return {"flash_attn": self.flash_attn}
 
     def _piece(self, token: int) -> str:
         if token < 0:
             return ""
         return bytes(self._llm.detokenize([token], special=True)).decode("utf-8", errors="replace")
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def cached_prefix(self, prompt_tokens: list[int]) -> int:
+        """How many of these prompt tokens ``generate`` will find in the cache (llama-cpp-python keeps the last
+        sequence's KV cells and reads only what differs; the last prompt token is always read again)."""
+        llm = self._llm
+        return min(common_prefix(list(llm._input_ids[: llm.n_tokens]), prompt_tokens), len(prompt_tokens) - 1)
 
     def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:
         # reset=True still reuses the longest cached prefix (a thread's follow-up skips re-reading history)
         self._llm.set_seed(params.seed)
+        processors = [self._mask_eog] if params.ignore_eos else None
         yield from self._llm.generate(
             prompt_tokens,
             top_k=params.top_k,
@@ -117,7 +146,15 @@ class LlamaCppBackend:
             temp=params.temperature,
             repeat_penalty=params.repeat_penalty,
             reset=True,
+            logits_processor=processors,
         )
+
+    def _mask_eog(self, _input_ids: Any, scores: Any) -> Any:
+        """A logits processor that rules out every end-of-generation token (``ignore_eos``)."""
+        if self._eog is None:
+            self._eog = eog_tokens(self._llm._model.vocab, self._llm.n_vocab())
+        scores[self._eog] = float("-inf")
+        return scores
 
     def detokenize(self, tokens: list[int]) -> bytes:
         return bytes(self._llm.detokenize(tokens))
