@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any, Literal
@@ -146,15 +146,9 @@ def llama_args(config: Config, threads: int) -> list[str]:
     return args
 
 
-def has_ignore_eos() -> bool:
-    return "ignore_eos" in {f.name for f in fields(GenParams)}
-
-
 def gen_params(tokens: int) -> GenParams:
-    params = GenParams(max_new_tokens=tokens, temperature=0.0, repeat_penalty=1.0)
-    if has_ignore_eos():
-        params = replace(params, ignore_eos=True)  # type: ignore[call-arg,unused-ignore]
-    return params
+    """Greedy, exactly ``tokens`` long (end-of-text masked), like the llama-server request."""
+    return GenParams(max_new_tokens=tokens, temperature=0.0, repeat_penalty=1.0, ignore_eos=True)
 
 
 def prompts_for(concurrency: int, round_no: int) -> list[str]:
@@ -174,6 +168,7 @@ class Answer:
     seconds: float  # submit -> end
     tokens: int  # generated tokens, as the server counts them
     prompt_tokens: int
+    cached_tokens: int = 0  # prompt tokens the server took from its cache
     worker: int | None = None  # engbot: the replica that answered
 
 
@@ -223,6 +218,7 @@ class Summary:
     answers: int
     tokens: tuple[int, int]  # min, max per answer
     prompt_tokens: tuple[int, int]
+    cached_tokens: tuple[int, int]
     workers: dict[int, int] = field(default_factory=dict)  # engbot: answers per replica, all rounds
 
     @property
@@ -240,11 +236,12 @@ def summarize(bursts: Sequence[Burst]) -> dict[tuple[str, int], Summary]:
         ttfts = [a.ttft for a in answers]
         tokens = [a.tokens for a in answers]
         prompt = [a.prompt_tokens for a in answers]
+        cached = [a.cached_tokens for a in answers]
         workers = Counter(a.worker for a in answers if a.worker is not None)
         out[config, c] = Summary(
             config, c, tuple(b.rate for b in group), percentile(ttfts, 50), percentile(ttfts, 95), max(ttfts),
             statistics.median(b.pss_mib for b in group), len(answers), (min(tokens), max(tokens)),
-            (min(prompt), max(prompt)), dict(sorted(workers.items())))
+            (min(prompt), max(prompt)), (min(cached), max(cached)), dict(sorted(workers.items())))
     return out
 
 
@@ -267,13 +264,15 @@ async def engbot_answer(engine: Any, prompt: str, params: GenParams) -> Answer:
     began = time.perf_counter()
     first = 0.0
     worker = None
+    cached = 0
     async for event in engine.submit(job):
         if isinstance(event, Started):
-            worker = event.worker
+            worker, cached = event.worker, event.cached_tokens
         elif isinstance(event, TextPiece) and event.text and not first:
             first = time.perf_counter() - began
         elif isinstance(event, Done):
-            return Answer(first, time.perf_counter() - began, event.completion_tokens, event.prompt_tokens, worker)
+            return Answer(first, time.perf_counter() - began, event.completion_tokens, event.prompt_tokens, cached,
+                          worker)
         elif isinstance(event, Failed):
             raise RuntimeError(f"engbot failed an answer: {event.kind}: {event.reason}")
     raise RuntimeError("engbot's event stream ended without Done")
@@ -326,7 +325,8 @@ async def llama_answer(session: Any, url: str, prompt: str, tokens: int) -> Answ
     seconds = time.perf_counter() - began
     completion = int(usage.get("completion_tokens", timings.get("predicted_n", 0)))
     prompt_n = int(usage.get("prompt_tokens", timings.get("prompt_n", 0)))
-    return Answer(first, seconds, completion, prompt_n)
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens", timings.get("cache_n", 0)))
+    return Answer(first, seconds, completion, prompt_n, cached)
 
 
 async def llama_burst(server: llama_server.Server, prompts: list[str],
@@ -440,13 +440,13 @@ def observations(result: Run, summaries: dict[tuple[str, int], Summary]) -> list
             f"{s.config} at C={s.concurrency}: {s.tokens[0]}..{s.tokens[1]}" for s in short) + "."]
     else:
         out += [f"- Every answer on both sides was {result.tokens} tokens long."]
-    prompts = {(s.config, s.prompt_tokens) for s in summaries.values()}
-    by_side: dict[str, set[tuple[int, int]]] = {}
-    for label, span in prompts:
-        by_side.setdefault(label.split(" ")[0], set()).add(span)
-    out += ["- Prompt tokens per answer (min..max over all bursts): " + "; ".join(
-        f"{kind}: " + ", ".join(f"{a}..{b}" for a, b in sorted(spans)) for kind, spans in sorted(by_side.items()))
-        + " (the same chat template should give the same counts)."]
+    for what, attr in (("Prompt tokens", "prompt_tokens"), ("Prompt tokens taken from the cache", "cached_tokens")):
+        by_side: dict[str, set[tuple[int, int]]] = {}
+        for s in summaries.values():
+            by_side.setdefault(s.config.split(" ")[0], set()).add(getattr(s, attr))
+        out.append(f"- {what} per answer (min..max per burst group): " + "; ".join(
+            f"{kind}: " + ", ".join(f"{a}..{b}" for a, b in sorted(spans)) for kind, spans in sorted(by_side.items()))
+            + ("." if attr == "cached_tokens" else " (the same chat template gives the same counts)."))
     for s in summaries.values():
         if len(s.workers) > 1 and s.concurrency > 1:
             counts = list(s.workers.values())
@@ -456,9 +456,6 @@ def observations(result: Run, summaries: dict[tuple[str, int], Summary]) -> list
         if s.answers >= 4 and s.ttft_max > 2 * s.ttft_p95 and s.ttft_max > 0.5:
             out.append(f"- TTFT outlier, {s.config} at C={s.concurrency}: max {s.ttft_max:.2f} s against p95 "
                        f"{s.ttft_p95:.2f} s.")
-    if not has_ignore_eos():
-        out.append("- engbot's GenParams has no `ignore_eos` here: its answers may end at end-of-text, so its "
-                   "answers can be shorter than llama-server's (see the token counts).")
     return out
 
 

@@ -82,7 +82,7 @@ def test_llama_server_request_asks_for_exactly_n_greedy_tokens_streamed() -> Non
 
 
 def answer(ttft: float, tokens: int = 128, worker: int | None = None) -> Answer:
-    return Answer(ttft=ttft, seconds=ttft + 1.0, tokens=tokens, prompt_tokens=30, worker=worker)
+    return Answer(ttft=ttft, seconds=ttft + 1.0, tokens=tokens, prompt_tokens=30, cached_tokens=7, worker=worker)
 
 
 def bursts() -> list[Burst]:
@@ -109,6 +109,7 @@ def test_summaries_take_the_median_rate_of_the_rounds_and_percentiles_over_all_a
     assert mine.ttft_max == pytest.approx(1.2)
     assert mine.pss_mib == 310.0
     assert mine.answers == 12 and mine.tokens == (100, 128) and mine.prompt_tokens == (30, 30)
+    assert mine.cached_tokens == (7, 7)
     assert mine.workers == {0: 7, 1: 5}
     theirs = s["llama-server (defaults)", 4]
     assert theirs.rate == 256.0 and theirs.workers == {}
