@@ -7,6 +7,7 @@ The workers are shared by the module (each loads the model once); tests run in f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from engine.config import QueueSettings
 from engine.engine import JobHandle
 from engine.errors import ConfigError, DuplicateJob, EngineClosed, QueueFull
 from engine.redis_queue import (
+    SUBMIT,
+    SUBMIT_ATTEMPTS,
     Keys,
     RedisSubmitter,
     event_from_wire,
@@ -33,7 +36,7 @@ from engine.redis_queue import (
     merge_text,
 )
 from engine.types import Done, Event, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
-from tests.redis_fixtures import ROOT, RedisServer, WorkerProcess, free_port
+from tests.redis_fixtures import ROOT, RedisServer, ReplyDroppingProxy, WorkerProcess, free_port
 
 VISIBILITY_S = 2
 GREEDY = GenParams(max_new_tokens=16, temperature=0.0, repeat_penalty=1.0)
@@ -41,7 +44,10 @@ LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1)  # runs for many 
 STEADY = GenParams(max_new_tokens=120, temperature=0.0, repeat_penalty=1.0)  # a few seconds, then stops
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 + 2?", "Name a primary colour."]
 
+SUBMIT_SHA = hashlib.sha1(SUBMIT.encode()).hexdigest().encode()  # what EVALSHA of the submit script sends
+
 SubmitterFactory = Callable[..., Awaitable[RedisSubmitter]]
+ProxyFactory = Callable[..., Awaitable[ReplyDroppingProxy]]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,24 @@ def workers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory)
     finally:
         for proc in procs:
             proc.stop()
+
+
+@pytest.fixture
+async def reply_droppers(redis_server: RedisServer) -> AsyncIterator[ProxyFactory]:
+    """Start proxies in front of the module's Redis that lose the replies to some commands (ask for this fixture
+    before ``submitters``: the proxies outlive the submitters using them)."""
+    started: list[ReplyDroppingProxy] = []
+
+    async def start(trigger: bytes = SUBMIT_SHA, drops: int = 1, hold: asyncio.Event | None = None
+                    ) -> ReplyDroppingProxy:
+        proxy = ReplyDroppingProxy(redis_server.port, trigger, drops, hold)
+        await proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        await proxy.stop()
 
 
 @pytest.fixture
@@ -101,6 +125,13 @@ def owner_of(server: RedisServer, keys: Keys, procs: list[WorkerProcess]) -> Wor
     with redis_client(server) as r:
         owner = r.xpending_range(keys.jobs, keys.group, "-", "+", 10)[0]["consumer"]
     return next(p for p in procs if owner.endswith(f"-{p.pid}"))
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
 
 
 def answer_of_last_attempt(events: list[Event]) -> str:
@@ -199,6 +230,33 @@ async def test_the_reader_follows_the_latest_attempt_only(submitters: SubmitterF
     assert answer_of_last_attempt(events) == "new text" == events[-1].text  # type: ignore[union-attr]
 
 
+async def test_a_submit_without_a_reply_is_withdrawn(reply_droppers: ProxyFactory, submitters: SubmitterFactory,
+                                                    redis_server: RedisServer) -> None:
+    # no worker serves this prefix: without the withdrawal the job would stay queued, holding the only place
+    keys, bound = Keys("lost:"), {"REDIS_KEY_PREFIX": "lost:", "REDIS_MAX_PENDING": 1}
+    proxy = await reply_droppers(drops=100)
+    lossy = await submitters(REDIS_URL=proxy.url, **bound)
+    job = Job.ask("hi")
+    with pytest.raises(EngineClosed):  # Redis queued it, but no reply came back, to any attempt
+        await lossy.asubmit(job)
+    assert proxy.dropped == SUBMIT_ATTEMPTS
+    with redis_client(redis_server) as r:
+        await wait_until(lambda: r.xlen(keys.jobs) == 0)  # withdrawn by the adapter, which still reaches Redis
+        assert r.get(keys.job(job.id)) == "withdrawn"
+        # the same while the caller gives up (cancelled) during the submit: Redis ran it, its reply is held
+        hold = asyncio.Event()
+        held = await submitters(REDIS_URL=(await reply_droppers(hold=hold)).url, **bound)
+        task = asyncio.create_task(held.asubmit(Job.ask("hello")))
+        await wait_until(lambda: r.xlen(keys.jobs) == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        hold.set()
+        await wait_until(lambda: r.xlen(keys.jobs) == 0)
+    handle = await (await submitters(**bound)).asubmit(Job.ask("the place is free"))  # not QueueFull
+    handle.cancel()
+
+
 # ---------------------------------------------------------------------------------------- with workers
 
 
@@ -241,6 +299,41 @@ async def test_a_duplicate_event_is_refused_across_adapter_processes(workers: li
     with pytest.raises(DuplicateJob):
         await second.asubmit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="slack:Ev0001"))
     assert isinstance(await asyncio.wait_for(handle.result(), 60), Done)
+
+
+async def test_a_lost_submit_reply_is_retried_without_queueing_the_job_twice(
+        workers: list[WorkerProcess], reply_droppers: ProxyFactory, submitters: SubmitterFactory,
+        redis_server: RedisServer) -> None:
+    proxy = await reply_droppers(drops=1)
+    submitter = await submitters(REDIS_URL=proxy.url)
+    handle = await submitter.asubmit(Job.ask(QUESTIONS[2], params=GREEDY))  # no "unavailable": it was queued
+    assert proxy.dropped == 1  # Redis ran the first submit; its reply was lost
+    events = await collect(handle)
+    assert [e.attempt for e in events if isinstance(e, Started)] == [1] and isinstance(events[-1], Done)
+    with redis_client(redis_server) as r:  # every entry acknowledged: whatever ran, ran to its end
+        await wait_until(lambda: r.xlen(Keys("engbot:").jobs) == 0, timeout=30)
+    # answered once: each run of a job logs one "job <id> platform=... outcome=..." line on its host
+    assert sum(proc.log.count(f"job {handle.job.id[:8]} platform=") for proc in workers) == 1
+
+
+async def test_a_withdrawn_job_stops_on_its_worker(workers: list[WorkerProcess], reply_droppers: ProxyFactory,
+                                                   submitters: SubmitterFactory, redis_server: RedisServer) -> None:
+    hold = asyncio.Event()
+    proxy = await reply_droppers(drops=SUBMIT_ATTEMPTS, hold=hold)
+    submitter = await submitters(REDIS_URL=proxy.url)
+    job = Job.ask("Tell me a long story about a lighthouse.", params=LONG)
+    task = asyncio.create_task(submitter.asubmit(job))
+    keys = Keys("engbot:")
+    with redis_client(redis_server) as r:
+        # Redis queued the job and a worker is answering it while the submit's reply is held; then it is lost,
+        # and so are the replies to the retries
+        await wait_until(lambda: r.xlen(keys.events(job.id)) > 0)
+        hold.set()
+        with pytest.raises(EngineClosed):
+            await task
+        await wait_until(lambda: r.xlen(keys.jobs) == 0, timeout=30)
+    runner = next(proc for proc in workers if f"job {job.id[:8]} platform=" in proc.log)
+    assert f"job {job.id[:8]} platform=cli outcome=cancelled" in runner.log
 
 
 async def test_the_deadline_stops_running_and_waiting_jobs(workers: list[WorkerProcess],
