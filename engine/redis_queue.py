@@ -734,8 +734,9 @@ class _Run:
 class RedisWorker:
     """An engine host (``engbot worker``): claims jobs for its local Engine and streams their events back.
 
-    Claims only as many jobs as it has free replicas (XREADGROUP COUNT), refreshes its claims while they run,
-    and takes over the jobs of hosts that stopped refreshing theirs for REDIS_VISIBILITY_TIMEOUT_S.
+    Claims only as many jobs as its engine answers at once (NUM_WORKERS replicas x PARALLEL_SLOTS; XREADGROUP
+    COUNT), refreshes its claims while they run, and takes over the jobs of hosts that stopped refreshing theirs for
+    REDIS_VISIBILITY_TIMEOUT_S.
     """
 
     name = "redis"  # for /readyz
@@ -744,7 +745,7 @@ class RedisWorker:
                  consumer: str | None = None) -> None:
         self.settings = settings
         self.engine = Engine(engine_settings)
-        self.capacity = len(self.engine.replicas)
+        self.capacity = engine_settings.num_workers * engine_settings.parallel_slots  # answers at once
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.keys = Keys(settings.key_prefix)
         self._redis = connect(settings.redis_url)
@@ -792,8 +793,9 @@ class RedisWorker:
             raise
         self._loops = [asyncio.create_task(self._claim_loop(), name="engbot-redis-claims"),
                        asyncio.create_task(self._refresh_loop(), name="engbot-redis-refresh")]
-        log.info("worker %s takes jobs from %s (%d replicas, visibility timeout %g s)", self.consumer,
-                 self.settings.redis_url_masked, self.capacity, self.settings.visibility_timeout_s)
+        log.info("worker %s takes up to %d jobs at once from %s (%d replicas x %d slots, visibility timeout %g s)",
+                 self.consumer, self.capacity, self.settings.redis_url_masked, self.engine.settings.num_workers,
+                 self.engine.settings.parallel_slots, self.settings.visibility_timeout_s)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: claim nothing more, let running jobs finish for up to ``grace_s`` (SHUTDOWN_GRACE_S), then hand

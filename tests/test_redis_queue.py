@@ -61,9 +61,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="module")
 def workers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[WorkerProcess]]:
     logs = tmp_path_factory.mktemp("workers")
+    # one answer at a time per host, so tests know which jobs run and which wait
     env = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "NUM_WORKERS": "1", "NUM_THREADS": "1",
-           "TEMPERATURE": "0", "MAX_NEW_TOKENS": "16", "REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
-           "SHUTDOWN_GRACE_S": "2"}
+           "PARALLEL_SLOTS": "1", "TEMPERATURE": "0", "MAX_NEW_TOKENS": "16",
+           "REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S), "SHUTDOWN_GRACE_S": "2"}
     procs = [WorkerProcess(env, logs / f"worker{i}.log") for i in range(2)]
     try:
         for proc in procs:
@@ -356,6 +357,30 @@ async def test_the_deadline_stops_running_and_waiting_jobs(workers: list[WorkerP
     handles = [await quick.asubmit(Job.ask(q, params=GREEDY)) for q in QUESTIONS[:2]]
     done = await asyncio.gather(*(collect(handle, 30) for handle in handles))
     assert all(isinstance(events[-1], Done) for events in done)
+
+
+async def test_a_worker_runs_as_many_jobs_at_once_as_its_engine_has_slots(
+        redis_server: RedisServer, submitters: SubmitterFactory, tmp_path: Path) -> None:
+    env = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": "slots:",
+           "NUM_WORKERS": "1", "NUM_THREADS": "1", "PARALLEL_SLOTS": "2"}
+    proc = WorkerProcess(env, tmp_path / "slots.log")
+    try:
+        await asyncio.to_thread(proc.wait_ready)
+        submitter = await submitters(REDIS_KEY_PREFIX="slots:")
+        handles = [await submitter.asubmit(Job.ask(q, params=STEADY))
+                   for q in ("Explain how a bicycle works.", "Describe the water cycle.")]
+        seen: list[Event] = []  # both jobs' events, in the order they arrived
+
+        async def follow(handle: JobHandle) -> None:
+            async for event in handle:
+                seen.append(event)
+
+        await asyncio.wait_for(asyncio.gather(*(follow(h) for h in handles)), 60)
+    finally:
+        proc.stop()
+    finals = [i for i, e in enumerate(seen) if isinstance(e, Done | Failed)]
+    assert len(finals) == 2 and all(isinstance(seen[i], Done) for i in finals), seen[-1]
+    assert sum(isinstance(e, Started) for e in seen[:finals[0]]) == 2  # both answered at once by one replica
 
 
 async def test_a_stopping_worker_hands_its_job_back(redis_server: RedisServer, submitters: SubmitterFactory,
