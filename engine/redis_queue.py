@@ -746,7 +746,9 @@ class RedisWorker:
         self.settings = settings
         self.engine = Engine(engine_settings)
         self.capacity = engine_settings.num_workers * engine_settings.parallel_slots  # answers at once
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        # unique per process even where host names and process ids repeat (containers with host networking, each
+        # PID 1; a restarted container): ownership checks compare consumer names
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.keys = Keys(settings.key_prefix)
         self._redis = connect(settings.redis_url)
         self._write_events = self._redis.register_script(WRITE_EVENTS)

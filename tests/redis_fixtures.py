@@ -1,6 +1,6 @@
 """A real redis-server on 127.0.0.1 (random free port, temporary directory, append-only file), real
-``engbot worker`` processes, and a TCP proxy that loses Redis replies, for the Redis queue tests and the Redis
-benchmark."""
+``engbot worker`` processes, and a TCP proxy that makes the network to Redis fail, for the Redis queue tests and
+the Redis benchmark."""
 
 from __future__ import annotations
 
@@ -131,22 +131,28 @@ class WorkerProcess:
         return self.process.returncode
 
 
-class ReplyDroppingProxy:
-    """A TCP proxy on 127.0.0.1 in front of a redis-server that loses replies for real.
+class FaultyRedisProxy:
+    """A TCP proxy on 127.0.0.1 in front of a redis-server, to make the network between a client and Redis fail
+    for real.
 
-    It forwards every command and reply, except that for a command holding ``trigger`` (a script's SHA, say),
-    while ``drops`` remain, it lets Redis run the command, waits for its reply, then closes the client's connection
-    instead of forwarding it: the client cannot tell whether the command ran. A NOSCRIPT reply (the command did not
-    run) passes through. With ``hold``, the lost reply's connection stays open, unanswered, until ``hold`` is set.
+    - Lost replies: for a command holding ``trigger`` (a script's SHA, say), while ``drops`` remain, the proxy lets
+      Redis run the command, waits for its reply, then closes the client's connection instead of forwarding it: the
+      client cannot tell whether the command ran. A NOSCRIPT reply (the command did not run) passes through. With
+      ``hold``, the lost reply's connection stays open, unanswered, until ``hold`` is set.
+    - A partition: ``pause()`` stops forwarding in both directions (connections stay open, commands wait unsent);
+      ``resume()`` forwards what waited.
     """
 
-    def __init__(self, upstream_port: int, trigger: bytes, drops: int = 1, hold: asyncio.Event | None = None) -> None:
+    def __init__(self, upstream_port: int, trigger: bytes = b"", drops: int = 0,
+                 hold: asyncio.Event | None = None) -> None:
         self.upstream_port = upstream_port
         self.trigger = trigger
         self.drops = drops
         self.hold = hold
         self.dropped = 0  # replies lost so far
         self.port = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -154,6 +160,12 @@ class ReplyDroppingProxy:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def pause(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -164,6 +176,7 @@ class ReplyDroppingProxy:
         reports a cancelled client_connected_cb task as an error)."""
         if self._server is not None:
             self._server.close()
+        self._flowing.set()
         for writer in list(self._writers):
             writer.close()
         if self._connections:
@@ -192,7 +205,8 @@ class ReplyDroppingProxy:
         async def commands() -> None:
             nonlocal drop_reply
             while data := await client_r.read(65536):
-                if self.trigger in data and self.drops > 0:
+                await self._flowing.wait()
+                if self.trigger and self.trigger in data and self.drops > 0:
                     self.drops -= 1
                     drop_reply = True  # set before Redis can answer: the next reply on this connection is its
                 up_w.write(data)
@@ -201,6 +215,7 @@ class ReplyDroppingProxy:
         async def replies() -> None:
             nonlocal drop_reply
             while data := await up_r.read(65536):
+                await self._flowing.wait()
                 if drop_reply and data.startswith(b"-NOSCRIPT"):
                     drop_reply = False
                     self.drops += 1

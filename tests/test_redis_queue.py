@@ -21,7 +21,7 @@ from redis import Redis
 
 from engbot.app import make_engine
 from engbot.http import make_app, readiness
-from engine.config import QueueSettings
+from engine.config import EngineSettings, QueueSettings
 from engine.engine import JobHandle
 from engine.errors import ConfigError, DuplicateJob, EngineClosed, QueueFull
 from engine.redis_queue import (
@@ -29,6 +29,7 @@ from engine.redis_queue import (
     SUBMIT_ATTEMPTS,
     Keys,
     RedisSubmitter,
+    RedisWorker,
     event_from_wire,
     event_to_wire,
     job_from_json,
@@ -36,7 +37,7 @@ from engine.redis_queue import (
     merge_text,
 )
 from engine.types import Done, Event, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
-from tests.redis_fixtures import ROOT, RedisServer, ReplyDroppingProxy, WorkerProcess, free_port
+from tests.redis_fixtures import ROOT, FaultyRedisProxy, RedisServer, WorkerProcess, free_port
 
 VISIBILITY_S = 2
 GREEDY = GenParams(max_new_tokens=16, temperature=0.0, repeat_penalty=1.0)
@@ -47,7 +48,7 @@ QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 +
 SUBMIT_SHA = hashlib.sha1(SUBMIT.encode()).hexdigest().encode()  # what EVALSHA of the submit script sends
 
 SubmitterFactory = Callable[..., Awaitable[RedisSubmitter]]
-ProxyFactory = Callable[..., Awaitable[ReplyDroppingProxy]]
+ProxyFactory = Callable[..., Awaitable[FaultyRedisProxy]]
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +77,14 @@ def workers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture
-async def reply_droppers(redis_server: RedisServer) -> AsyncIterator[ProxyFactory]:
-    """Start proxies in front of the module's Redis that lose the replies to some commands (ask for this fixture
-    before ``submitters``: the proxies outlive the submitters using them)."""
-    started: list[ReplyDroppingProxy] = []
+async def proxies(redis_server: RedisServer) -> AsyncIterator[ProxyFactory]:
+    """Start proxies in front of the module's Redis, by default losing the reply to one submit (ask for this
+    fixture before ``submitters``: the proxies outlive the submitters using them)."""
+    started: list[FaultyRedisProxy] = []
 
     async def start(trigger: bytes = SUBMIT_SHA, drops: int = 1, hold: asyncio.Event | None = None
-                    ) -> ReplyDroppingProxy:
-        proxy = ReplyDroppingProxy(redis_server.port, trigger, drops, hold)
+                    ) -> FaultyRedisProxy:
+        proxy = FaultyRedisProxy(redis_server.port, trigger, drops, hold)
         await proxy.start()
         started.append(proxy)
         return proxy
@@ -122,10 +123,10 @@ async def collect(handle: JobHandle, timeout: float = 60.0) -> list[Event]:
 
 
 def owner_of(server: RedisServer, keys: Keys, procs: list[WorkerProcess]) -> WorkerProcess:
-    """The worker process holding the only pending job (consumer names end with the process id)."""
+    """The worker process holding the only pending job (consumer names are <host>-<process id>-<random>)."""
     with redis_client(server) as r:
         owner = r.xpending_range(keys.jobs, keys.group, "-", "+", 10)[0]["consumer"]
-    return next(p for p in procs if owner.endswith(f"-{p.pid}"))
+    return next(p for p in procs if owner.rsplit("-", 2)[1] == str(p.pid))
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -231,11 +232,11 @@ async def test_the_reader_follows_the_latest_attempt_only(submitters: SubmitterF
     assert answer_of_last_attempt(events) == "new text" == events[-1].text  # type: ignore[union-attr]
 
 
-async def test_a_submit_without_a_reply_is_withdrawn(reply_droppers: ProxyFactory, submitters: SubmitterFactory,
+async def test_a_submit_without_a_reply_is_withdrawn(proxies: ProxyFactory, submitters: SubmitterFactory,
                                                     redis_server: RedisServer) -> None:
     # no worker serves this prefix: without the withdrawal the job would stay queued, holding the only place
     keys, bound = Keys("lost:"), {"REDIS_KEY_PREFIX": "lost:", "REDIS_MAX_PENDING": 1}
-    proxy = await reply_droppers(drops=100)
+    proxy = await proxies(drops=100)
     lossy = await submitters(REDIS_URL=proxy.url, **bound)
     job = Job.ask("hi")
     with pytest.raises(EngineClosed):  # Redis queued it, but no reply came back, to any attempt
@@ -246,7 +247,7 @@ async def test_a_submit_without_a_reply_is_withdrawn(reply_droppers: ProxyFactor
         assert r.get(keys.job(job.id)) == "withdrawn"
         # the same while the caller gives up (cancelled) during the submit: Redis ran it, its reply is held
         hold = asyncio.Event()
-        held = await submitters(REDIS_URL=(await reply_droppers(hold=hold)).url, **bound)
+        held = await submitters(REDIS_URL=(await proxies(hold=hold)).url, **bound)
         task = asyncio.create_task(held.asubmit(Job.ask("hello")))
         await wait_until(lambda: r.xlen(keys.jobs) == 1)
         task.cancel()
@@ -303,9 +304,9 @@ async def test_a_duplicate_event_is_refused_across_adapter_processes(workers: li
 
 
 async def test_a_lost_submit_reply_is_retried_without_queueing_the_job_twice(
-        workers: list[WorkerProcess], reply_droppers: ProxyFactory, submitters: SubmitterFactory,
+        workers: list[WorkerProcess], proxies: ProxyFactory, submitters: SubmitterFactory,
         redis_server: RedisServer) -> None:
-    proxy = await reply_droppers(drops=1)
+    proxy = await proxies(drops=1)
     submitter = await submitters(REDIS_URL=proxy.url)
     handle = await submitter.asubmit(Job.ask(QUESTIONS[2], params=GREEDY))  # no "unavailable": it was queued
     assert proxy.dropped == 1  # Redis ran the first submit; its reply was lost
@@ -317,10 +318,10 @@ async def test_a_lost_submit_reply_is_retried_without_queueing_the_job_twice(
     assert sum(proc.log.count(f"job {handle.job.id[:8]} platform=") for proc in workers) == 1
 
 
-async def test_a_withdrawn_job_stops_on_its_worker(workers: list[WorkerProcess], reply_droppers: ProxyFactory,
+async def test_a_withdrawn_job_stops_on_its_worker(workers: list[WorkerProcess], proxies: ProxyFactory,
                                                    submitters: SubmitterFactory, redis_server: RedisServer) -> None:
     hold = asyncio.Event()
-    proxy = await reply_droppers(drops=SUBMIT_ATTEMPTS, hold=hold)
+    proxy = await proxies(drops=SUBMIT_ATTEMPTS, hold=hold)
     submitter = await submitters(REDIS_URL=proxy.url)
     job = Job.ask("Tell me a long story about a lighthouse.", params=LONG)
     task = asyncio.create_task(submitter.asubmit(job))
@@ -410,6 +411,48 @@ async def test_a_stopping_worker_hands_its_job_back(redis_server: RedisServer, s
     finally:
         for proc in procs:
             proc.stop()
+
+
+async def test_a_host_cut_off_from_redis_writes_nothing_after_a_takeover(
+        redis_server: RedisServer, proxies: ProxyFactory, submitters: SubmitterFactory) -> None:
+    # two hosts in this process (one host name and process id, as two containers with host networking would
+    # have); the first one reaches Redis through a proxy, which then cuts it off while it answers
+    proxy = await proxies(drops=0)
+    queue = {"QUEUE_BACKEND": "redis", "REDIS_KEY_PREFIX": "cut:", "REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S)}
+    engine = EngineSettings.from_environ({"NUM_WORKERS": "1", "NUM_THREADS": "1", "PARALLEL_SLOTS": "1"})
+    cut_off = RedisWorker(QueueSettings.from_environ({**queue, "REDIS_URL": proxy.url}), engine)
+    other = RedisWorker(QueueSettings.from_environ({**queue, "REDIS_URL": redis_server.url}), engine)
+    running: list[RedisWorker] = []
+    events: list[Event] = []
+
+    def attempts() -> list[int]:
+        return [e.attempt for e in events if isinstance(e, Started)]
+
+    try:
+        await cut_off.start()
+        running.append(cut_off)
+        submitter = await submitters(REDIS_KEY_PREFIX="cut:")
+        handle = await submitter.asubmit(Job.ask("Explain how a bicycle works.", params=STEADY))
+
+        async def follow() -> None:
+            async for event in handle:
+                events.append(event)
+
+        follower = asyncio.create_task(follow())
+        await wait_until(lambda: attempts() == [1])
+        proxy.pause()  # it keeps answering, but can neither write nor refresh its claim
+        await other.start()
+        running.append(other)
+        await wait_until(lambda: attempts() == [1, 2], timeout=30)  # the other host took the job over
+        proxy.resume()  # back: its next write must find that the job is no longer its own
+        await asyncio.wait_for(follower, 30)
+    finally:
+        for worker in running:
+            await worker.stop(grace_s=0)
+    finals = [e for e in events if isinstance(e, Done | Failed)]
+    assert len(finals) == 1 and isinstance(finals[0], Done), finals
+    assert finals[0].text == answer_of_last_attempt(events)
+    assert (cut_off.taken_over, other.taken_over) == (0, 1)
 
 
 async def test_a_killed_worker_s_job_is_taken_over(workers: list[WorkerProcess], submitters: SubmitterFactory,
