@@ -82,6 +82,7 @@ ATTEMPT_TTL_S = 86400
 STALE_CONSUMER_MS = 3_600_000  # consumers idle this long with nothing pending are deleted
 RELEASED = "released"  # the consumer that holds jobs a stopping worker handed back
 WRITTEN, LOST, CANCELLED = 1, 0, 2  # results of the event and refresh scripts
+WITHDRAWN_REASON = "this job was withdrawn after a submit that got no answer; submit a new Job"
 
 # ---------------------------------------------------------------------------------------------------- scripts
 
@@ -460,6 +461,8 @@ class RedisSubmitter:
             raise ValueError("a job needs at least one turn")
         if job.id in self._jobs:
             raise DuplicateJob(job.id)
+        if job.id in self._withdrawals:  # submitted again after EngineClosed: it stays withdrawn
+            raise EngineClosed(WITHDRAWN_REASON)
         handle = JobHandle(job, self._cancel)
         tracked = _Tracked(handle, self.keys.events(job.id),
                            handle.submitted_at + self.settings.job_deadline_s + self.deadline_margin_s)
@@ -475,8 +478,8 @@ class RedisSubmitter:
             self._jobs.pop(job.id, None)
             if status == "duplicate":
                 raise DuplicateJob(job.dedup_key)
-            if status == "withdrawn":  # cannot happen: a job id is withdrawn only after its asubmit failed
-                raise EngineClosed("the job was withdrawn")
+            if status == "withdrawn":  # submitted again after EngineClosed: it stays withdrawn
+                raise EngineClosed(WITHDRAWN_REASON)
             self.metrics.requests.labels(job.platform, "busy").inc()
             raise QueueFull(self.settings.max_pending)
         self._idle.clear()

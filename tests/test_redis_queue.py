@@ -245,6 +245,10 @@ async def test_a_submit_without_a_reply_is_withdrawn(proxies: ProxyFactory, subm
     with redis_client(redis_server) as r:
         await wait_until(lambda: r.xlen(keys.jobs) == 0)  # withdrawn by the adapter, which still reaches Redis
         assert r.get(keys.job(job.id)) == "withdrawn"
+        direct = await submitters(**bound)
+        with pytest.raises(EngineClosed):  # the same job again (as a late copy of the submit would): still withdrawn
+            await direct.asubmit(job)
+        assert r.xlen(keys.jobs) == 0
         # the same while the caller gives up (cancelled) during the submit: Redis ran it, its reply is held
         hold = asyncio.Event()
         held = await submitters(REDIS_URL=(await proxies(hold=hold)).url, **bound)
@@ -255,7 +259,7 @@ async def test_a_submit_without_a_reply_is_withdrawn(proxies: ProxyFactory, subm
             await task
         hold.set()
         await wait_until(lambda: r.xlen(keys.jobs) == 0)
-    handle = await (await submitters(**bound)).asubmit(Job.ask("the place is free"))  # not QueueFull
+    handle = await direct.asubmit(Job.ask("the place is free"))  # not QueueFull
     handle.cancel()
 
 
