@@ -72,6 +72,7 @@ CONNECT_TIMEOUT_S = 30.0
 HISTORY_PAGES = 5  # conversations.replies pages of 200: the model's context holds far less anyway
 SEEN_TTL_S = 900.0  # Slack retries an event for about 5 minutes
 THREADS_TTL_S = 7 * 24 * 3600.0
+BOLT_APP_NAME = "slack_bolt.engbot"
 
 
 class SlackConnectError(RuntimeError):
@@ -322,7 +323,9 @@ class SlackAdapter:
     def _bolt_app(self, client: AsyncWebClient) -> AsyncApp:
         app = AsyncApp(
             client=client,
-            name="engbot",
+            # bolt names loggers after the app and sets their level to its own logger's on every event: a name
+            # inside slack_bolt's hierarchy keeps its hands off ours ("engbot" would silence engbot.* below WARNING)
+            name=BOLT_APP_NAME,
             logger=logging.getLogger("slack_bolt"),
             signing_secret=self.settings.signing_secret,
             request_verification_enabled=self.settings.mode == "http",

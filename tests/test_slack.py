@@ -172,6 +172,31 @@ async def test_a_follow_up_in_a_thread_the_bot_answered_in_gets_the_thread_as_co
     assert len(recorder.jobs) == 1
 
 
+async def test_the_engine_still_logs_each_answer_after_slack_events(
+        slack: FakeSlack, engine: Engine, start_adapter: StartAdapter, caplog: pytest.LogCaptureFixture) -> None:
+    # the levels `engbot run` sets (engbot/logs.py): INFO, slack_bolt's chatter at WARNING
+    bolt, ours = logging.getLogger("slack_bolt"), logging.getLogger("engbot")
+    levels = bolt.level, ours.level
+    bolt.setLevel(logging.WARNING)
+    ours.setLevel(logging.NOTSET)
+    caplog.set_level(logging.INFO)
+    try:
+        recorder = Recorder(engine)
+        await start_adapter(recorder)
+        for question in ("Say hello.", "Say goodbye."):
+            message = slack.user_says(f"<@UBOT> {question}")
+            await slack.push(slack.as_mention(message))
+            await slack.wait_final(message["ts"])
+        assert len(recorder.handles) == 2 and all(h.done for h in recorder.handles)
+        lines = [r.getMessage() for r in caplog.records if r.name == "engbot.engine"]
+        for handle in recorder.handles:  # the per-answer line, also after bolt handled events
+            assert any(line.startswith(f"job {handle.job.id[:8]} platform=slack outcome=ok") for line in lines), lines
+        assert ours.getEffectiveLevel() == logging.INFO  # bolt left our loggers alone
+    finally:
+        bolt.setLevel(levels[0])
+        ours.setLevel(levels[1])
+
+
 async def test_an_answer_past_the_message_limit_continues_in_new_messages(
         slack: FakeSlack, engine: Engine, start_adapter: StartAdapter) -> None:
     recorder = Recorder(engine)
