@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from bots.text import _cut
+from bots.text import paginate
 from engine.config import Env
 from engine.engine import JobHandle, JobSubmitter
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
@@ -40,6 +40,7 @@ class Messages:
     UNAVAILABLE = "⚠️ The bot is unavailable right now: please try again in a moment."
     NOT_ALLOWED = "Sorry, I'm not allowed to answer here."
     MOVED = "_(This answer ran longer than this message can be edited: it continues below.)_"
+    RETRACTED = "_(Part of an answer that was started again: the answer is above.)_"
     NO_TEXT = "I can only read text: please type your question (files and images are not supported)."
     CURSOR = " ▌"
 
@@ -108,10 +109,14 @@ class Sink(Protocol):
         """Replace the text of a message the bot posted."""
         ...
 
+    async def delete(self, message_id: str) -> None:
+        """Remove a message the bot posted (raises when the platform does not allow it)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StreamStyle:
-    limit: int  # characters of model text per message (leave room for rendering to grow it)
+    limit: int  # characters per message as sent: the rendered text, with the cursor or a failure note
     edit_interval_s: float = 1.0
     render: Callable[[str], str] = lambda text: text
 
@@ -131,12 +136,13 @@ async def asubmit(engine: JobSubmitter, job: Job) -> JobHandle | str:
 async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: StreamStyle, *,
                        placeholder: str = "") -> Done | Failed:
     """Stream a job's answer into ``message_id`` (a placeholder), editing at most once per interval and
-    continuing in new messages past ``style.limit``. Ends with exactly one final edit; returns the final event.
+    continuing in new messages when the rendered text would pass ``style.limit``. Ends with exactly one final
+    edit; returns the final event. Text is rendered only when it is about to be sent.
 
     ``placeholder`` is the text the message shows already, so an event that would show the same text (such as
     the queue position it was posted with) costs no edit.
     """
-    current = ""  # model text shown in the current message
+    current = ""  # model text of the current message (ids[-1]), not rendered
     shown = placeholder  # what the current message shows now
     last_edit = 0.0
     ids = [message_id]
@@ -146,46 +152,76 @@ async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: St
         now = time.monotonic()
         if text == shown or (not force and now - last_edit < style.edit_interval_s):
             return
+        last_edit = now  # a failed edit waits its interval too
         try:
             await sink.edit(ids[-1], text)
-            shown, last_edit = text, now
+            shown = text
         except Exception:
             log.exception("editing a reply failed")
             if force:  # the final text must arrive: post it instead
-                ids.append(await sink.post(text))
-                shown = text
+                await post(text)
+
+    async def post(text: str) -> None:
+        nonlocal shown, last_edit
+        ids.append(await sink.post(text))
+        shown, last_edit = text, time.monotonic()
+
+    async def publish(suffix: str, empty: str, *, final: bool) -> None:
+        """Show ``current`` rendered, then ``suffix``; continue in new messages while that is over the limit."""
+        nonlocal current
+        full, current, rendered = paginate(current, style.limit, style.render, reserve=len(suffix))
+        text = rendered + suffix if rendered.strip() else empty
+        if not full:
+            await show(text, force=final)
+            return
+        await show(full[0], force=True)  # the current message is full: it gets its final text
+        for head in full[1:]:
+            await post(head)
+        await post(text)
+
+    async def restart() -> None:
+        """Another attempt answers from the start: one clean reply again, in the first message."""
+        nonlocal current, shown
+        for extra in ids[1:]:
+            await retract(sink, extra)
+        del ids[1:]
+        current, shown = "", ""
+        await show(Messages.THINKING, force=True)
 
     async for event in handle:
         if isinstance(event, TextPiece):
             current += event.text
-            while len(current) > style.limit:
-                cut, reopen = _cut(current, style.limit)
-                head = current[:cut].rstrip() + ("\n```" if reopen else "")
-                await show(style.render(head), force=True)
-                current = reopen + current[cut:].lstrip(" \n" if not reopen else "")
-                ids.append(await sink.post(style.render(current) + Messages.CURSOR if current.strip()
-                                           else Messages.THINKING))
-                shown, last_edit = "", time.monotonic()
-            if current.strip():
-                await show(style.render(current) + Messages.CURSOR)
-        elif isinstance(event, Started) and event.attempt > 1 and current:
+            if current.strip() and time.monotonic() - last_edit >= style.edit_interval_s:
+                await publish(Messages.CURSOR, Messages.THINKING, final=False)
+        elif isinstance(event, Started) and event.attempt > 1 and (current or len(ids) > 1):
             # QUEUE_BACKEND=redis: the worker host died, another one answers from the start
-            current = ""
-            await show(Messages.THINKING, force=True)
+            await restart()
         elif isinstance(event, Queued):
-            if not current:
+            if not current and len(ids) == 1:
                 await show(Messages.QUEUED.format(position=event.position))
         elif isinstance(event, Done):
-            text = style.render(current) if current.strip() else Messages.EMPTY_ANSWER
-            await show(text, force=True)
+            await publish("", Messages.EMPTY_ANSWER, final=True)
             return event
         elif isinstance(event, Failed):
             if event.kind not in ("cancelled", "prompt_too_long"):
                 log.warning("job %s failed: %s: %s", handle.job.id[:8], event.kind, event.reason)
             note = failure_text(event)
-            await show(f"{style.render(current)}\n\n{note}" if current.strip() else note, force=True)
+            await publish("\n\n" + note, note, final=True)
             return event
     raise AssertionError("unreachable: every job ends with Done or Failed")
+
+
+async def retract(sink: Sink, message_id: str) -> None:
+    """Take back a message that belongs to an abandoned attempt: delete it, or failing that, say so in it."""
+    try:
+        await sink.delete(message_id)
+        return
+    except Exception as exc:
+        log.info("could not delete message %s of an abandoned answer (%s): marking it instead", message_id, exc)
+    try:
+        await sink.edit(message_id, Messages.RETRACTED)
+    except Exception:
+        log.exception("marking message %s of an abandoned answer failed", message_id)
 
 
 def conversation(messages: Iterable[tuple[bool, str]], max_chars: int = 24_000) -> tuple[Turn, ...]:

@@ -40,7 +40,7 @@ discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
 
 DEFAULT_API_URL = Route.BASE
 DEFAULT_GATEWAY_URL = str(DiscordWebSocket.DEFAULT_GATEWAY)
-MESSAGE_LIMIT = 1900  # of Discord's 2,000: room for the cursor and a reopened code fence
+MESSAGE_LIMIT = 1900  # characters as sent (cursor and closing fence included), of Discord's 2,000
 INTERACTION_TTL_S = 14 * 60.0  # an interaction token lasts 15 minutes: keep one for the last edits
 HISTORY_LIMIT = 50
 REPLY_CHAIN_LIMIT = 10
@@ -215,6 +215,10 @@ class ChannelSink:
     async def edit(self, message_id: str, text: str) -> None:
         await self._posted[message_id].edit(content=text)
 
+    async def delete(self, message_id: str) -> None:
+        await self._posted[message_id].delete()
+        del self._posted[message_id]
+
 
 class InteractionSink:
     """Edits the deferred response and posts follow-ups while the interaction token lives; after that, moves the
@@ -252,6 +256,15 @@ class InteractionSink:
             self._moved[message_id] = await self.post(text)
         else:
             await self._edit_webhook(target, text)
+
+    async def delete(self, message_id: str) -> None:
+        if message_id == ORIGINAL:
+            await self.interaction.delete_original_response()
+            return
+        target = self._moved.pop(message_id, message_id)
+        await self._posted[target].delete()
+        del self._posted[target]
+        self._in_channel.discard(target)
 
     async def _edit_webhook(self, message_id: str, text: str) -> None:
         if message_id == ORIGINAL:

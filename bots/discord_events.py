@@ -23,7 +23,7 @@ _NOTICES = tuple(
     text.split("{", 1)[0]
     for text in (Messages.HELP, Messages.THINKING, Messages.QUEUED, Messages.BUSY, Messages.RATE_LIMITED,
                  Messages.EMPTY_ANSWER, Messages.UNAVAILABLE, Messages.NO_TEXT, Messages.NOT_ALLOWED, Messages.MOVED,
-                 "⚠️")
+                 Messages.RETRACTED, "⚠️")
 )
 _MENTION = re.compile(r"<(@!?|@&|#)(\d+)>")
 _EMOJI = re.compile(r"<a?:(\w+):\d+>")

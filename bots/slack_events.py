@@ -258,7 +258,7 @@ def _ts_key(ts: str) -> tuple[int, int]:
 
 def _status_pattern() -> re.Pattern[str]:
     fixed = [Messages.THINKING, Messages.HELP, Messages.BUSY, Messages.NO_TEXT, Messages.UNAVAILABLE,
-             Messages.EMPTY_ANSWER]
+             Messages.EMPTY_ANSWER, Messages.RETRACTED]
     templates = [Messages.QUEUED, Messages.RATE_LIMITED]
     parts = [re.escape(t) for t in fixed]
     for template in templates:

@@ -163,6 +163,7 @@ class FakeDiscord:
         self.callbacks: list[Payload] = []  # interaction responses: {"type": 4|5, "data": {...}}
         self.commands: list[Payload] = []
         self.threads: list[Payload] = []
+        self.deleted: list[Payload] = []  # messages removed with DELETE
         self._faults: list[tuple[str, re.Pattern[str], int, float]] = []
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = itertools.count(1)
@@ -173,9 +174,11 @@ class FakeDiscord:
                 ("PUT", r"/applications/\d+(?:/guilds/\d+)?/commands", self._sync),
                 ("POST", r"/interactions/(\d+)/([^/]+)/callback", self._callback),
                 ("PATCH", r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", self._webhook_edit),
+                ("DELETE", r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", self._webhook_delete),
                 ("POST", r"/webhooks/\d+/([^/]+)", self._followup),
                 ("POST", r"/channels/(\d+)/messages", self._post),
                 ("PATCH", r"/channels/(\d+)/messages/(\d+)", self._edit),
+                ("DELETE", r"/channels/(\d+)/messages/(\d+)", self._delete),
                 ("GET", r"/channels/(\d+)/messages", self._history),
                 ("GET", r"/channels/(\d+)/messages/(\d+)", self._get),
                 ("POST", r"/channels/(\d+)/messages/(\d+)/threads", self._create_thread),
@@ -325,6 +328,15 @@ class FakeDiscord:
             message_id = callback["message_id"]
         return self._update(message_id, body)
 
+    async def _webhook_delete(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        token, message_id = match.groups()
+        if message_id == "@original":
+            callback = self.callback_for(self.interactions[token])
+            if callback is None:
+                return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
+            message_id = callback["message_id"]
+        return self._remove(message_id)
+
     async def _followup(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         source = self.interactions[match.group(1)]
         msg = self._store(message(int(source["channel_id"]), body.get("content", ""), BOT,
@@ -343,6 +355,9 @@ class FakeDiscord:
 
     async def _edit(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         return self._update(match.group(2), body)
+
+    async def _delete(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        return self._remove(match.group(2))
 
     async def _history(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         before = int(request.query.get("before", 1 << 63))
@@ -373,6 +388,14 @@ class FakeDiscord:
 
     def _find(self, message_id: str) -> Payload | None:
         return next((m for msgs in self.channels.values() for m in msgs if m["id"] == message_id), None)
+
+    def _remove(self, message_id: str) -> web.StreamResponse:
+        found = self._find(message_id)
+        if found is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        self.channels[found["channel_id"]].remove(found)
+        self.deleted.append(found)
+        return web.Response(status=204)
 
     def _update(self, message_id: str, body: Any) -> web.StreamResponse:
         found = self._find(message_id)

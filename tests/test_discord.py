@@ -35,6 +35,7 @@ from tests.fake_discord import (
     Payload,
     mention,
 )
+from tests.scripted_engine import ScriptedEngine, done, pieces, started
 
 pytestmark = pytest.mark.timeout(120)
 AdapterFactory = Callable[..., Awaitable[DiscordAdapter]]
@@ -309,6 +310,27 @@ async def test_a_mention_gets_a_thread_and_follow_ups_there_continue_the_convers
     assert turns == [("user", "What is the capital of France? Ask @Bob."), ("assistant", first["content"]),
                      ("user", "And of Germany?")]
     assert len(fake.threads) == 1 and fake.bot_messages(CHANNEL_ID) == []
+
+
+@pytest.mark.parametrize("via", ["mention", "/ask"])
+async def test_a_job_taken_over_by_another_worker_host_ends_as_one_clean_reply(
+        fake: FakeDiscord, connect: AdapterFactory, via: str) -> None:
+    # QUEUE_BACKEND=redis: the first host streamed into several messages, then died; another host starts again
+    abandoned = "The first worker host wrote this much before it went away. " * 6
+    retried = "The second host answers in full."
+    engine = ScriptedEngine([started(1), *pieces(abandoned), started(2), *pieces(retried), done(retried)],
+                            delay_s=0.02)
+    adapter = await connect(engine)
+    adapter.style = replace(adapter.style, limit=100, edit_interval_s=0.2)
+    if via == "mention":
+        channel = (await fake.say(CHANNEL_ID, f"{mention()} Hello?", mentions=(BOT,)))["id"]  # its thread
+    else:
+        await fake.ask("Hello?")
+        channel = str(CHANNEL_ID)
+    await fake.wait_for(lambda: len(fake.bot_messages(channel)) >= 3)  # the abandoned attempt, continued
+    await fake.wait_for(lambda: engine.handles[0].done and not adapter.in_flight)
+    assert [m["content"] for m in fake.bot_messages(channel)] == [retried]
+    assert len(fake.deleted) >= 2 and all(m["channel_id"] == channel for m in fake.deleted)
 
 
 async def test_context_of_a_reply_chain_and_ask_in_a_dm(fake: FakeDiscord, connect: AdapterFactory) -> None:

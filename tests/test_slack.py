@@ -24,6 +24,7 @@ from engine.errors import ConfigError
 from engine.types import Done, Failed, GenParams, Job, TextPiece, Turn
 from tests.conftest import make_settings
 from tests.fake_slack import Call, FakeSlack
+from tests.scripted_engine import ScriptedEngine, answer, done, pieces, started
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -200,19 +201,57 @@ async def test_the_engine_still_logs_each_answer_after_slack_events(
 async def test_an_answer_past_the_message_limit_continues_in_new_messages(
         slack: FakeSlack, engine: Engine, start_adapter: StartAdapter) -> None:
     recorder = Recorder(engine)
-    await start_adapter(recorder, message_limit=60)
+    adapter = await start_adapter(recorder, message_limit=60)
     message = slack.user_says("<@UBOT> Write a short poem about the mountains.")
     await slack.push(slack.as_mention(message))
     await slack.wait_for(lambda: recorder.handles and recorder.handles[0].done, timeout=60)
     done = recorder.handles[0].final
     assert isinstance(done, Done)
+    await settle(slack, adapter)  # the last messages may be posted after the job ended
     final = await slack.wait_final(message["ts"])
     texts = [m["text"] for m in slack.bot_messages(message["ts"])]
     assert final == texts[-1]
-    assert all(len(t) <= 60 + 8 and not t.endswith(Messages.CURSOR) for t in texts)  # mrkdwn may add a little
+    assert all(len(t) <= 60 and not t.endswith(Messages.CURSOR) for t in texts)  # the limit holds for mrkdwn
     if len(done.text) > 60:
         assert len(texts) >= 2
     assert "".join("".join(texts).split()) == "".join(markdown_to_mrkdwn(done.text).split())
+
+
+async def test_the_message_limit_holds_for_the_mrkdwn_that_slack_receives(
+        slack: FakeSlack, start_adapter: StartAdapter) -> None:
+    # Slack's escapes make this text about half again as long as the model wrote it
+    text = "\n\n".join(f"Step {i}: check **R&D** <-> [Q&A](https://example.com/q?a=1&b=2), so a < b && c > d."
+                       for i in range(20))
+    slack.max_text = limit = 300  # longer texts are refused with msg_too_long, as Slack does past its limit
+    engine = ScriptedEngine(answer(text))
+    adapter = await start_adapter(engine, message_limit=limit)
+    message = slack.user_says("<@UBOT> Compare them, step by step.")
+    await slack.push(slack.as_mention(message))
+    await slack.wait_for(lambda: engine.handles and engine.handles[0].done, timeout=30)
+    await settle(slack, adapter)
+
+    sent = [c.args["text"] for c in slack.calls_to("chat.postMessage") + slack.calls_to("chat.update")]
+    assert max(map(len, sent)) <= limit  # every text Slack received fits: no msg_too_long, no stray message
+    texts = [m["text"] for m in slack.bot_messages(message["ts"])]
+    assert len(texts) >= 3 and not any(t.endswith(Messages.CURSOR) or is_status(t) for t in texts)
+    assert "".join("".join(texts).split()) == "".join(markdown_to_mrkdwn(text).split())  # all of it, in order
+
+
+async def test_a_job_taken_over_by_another_worker_host_ends_as_one_clean_reply(
+        slack: FakeSlack, start_adapter: StartAdapter) -> None:
+    # QUEUE_BACKEND=redis: the first host streamed into several messages, then died; another host starts again
+    abandoned = "The first worker host wrote this much before it went away. " * 6
+    retried = "The second host answers in full."
+    engine = ScriptedEngine([started(1), *pieces(abandoned), started(2), *pieces(retried), done(retried)],
+                            delay_s=0.02)
+    adapter = await start_adapter(engine, message_limit=100)
+    message = slack.user_says("<@UBOT> Hello?")
+    await slack.push(slack.as_mention(message))
+    await slack.wait_for(lambda: len(slack.posts_in(message["ts"])) >= 3, timeout=30)  # the abandoned attempt
+    await slack.wait_for(lambda: engine.handles[0].done, timeout=30)
+    await settle(slack, adapter)
+    assert [m["text"] for m in slack.bot_messages(message["ts"])] == [retried]
+    assert len(slack.calls_to("chat.delete")) == len(slack.posts_in(message["ts"])) - 1
 
 
 async def test_busy_engine_queued_placeholder_and_fast_acks(
