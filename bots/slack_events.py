@@ -312,6 +312,19 @@ def thread_turns(history: Sequence[Any], message: SlackMessage, question: str, m
     return conversation(pairs, max_chars=max_chars)
 
 
+def find_post(history: Sequence[Any], me: BotIdentity, text: str, *, after: str,
+              known: Callable[[str], bool] = lambda ts: False) -> str | None:
+    """The ts of the bot's message in ``history`` that shows ``text``, was posted after the message ``after``
+    and is not ``known`` (a post whose ts the adapter has): where a ``chat.postMessage`` whose answer was lost
+    landed, if it did. The newest such message, or None."""
+    floor = _ts_key(after) if after else (0, 0)
+    found = [item["ts"] for item in history
+             if isinstance(item, Mapping) and is_from_bot(item, me) and isinstance(item.get("ts"), str)
+             and _ts_key(item["ts"]) > floor and not known(item["ts"])
+             and isinstance(item.get("text"), str) and item["text"].strip() == text.strip()]
+    return str(found[-1]) if found else None
+
+
 def build_job(message: SlackMessage, turns: tuple[Turn, ...]) -> Job:
     """The job for a message; its dedup key makes the engine refuse a second delivery of the same message."""
     return Job(turns=turns, platform=PLATFORM, dedup_key=f"{PLATFORM}:{message.channel}:{message.ts}")

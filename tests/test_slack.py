@@ -360,10 +360,33 @@ async def test_help_no_text_and_retries_after_429_and_503(slack: FakeSlack, star
     attempts = slack.posts_in(empty["ts"])
     assert len(attempts) == 3 and len(slack.bot_messages(empty["ts"])) == 1
     assert attempts[1].at - attempts[0].at >= 1.0  # waited for Retry-After
+    # after the 503 it read the thread, found no such post, and only then posted again
+    assert attempts[1].at < slack.calls_to("conversations.replies")[-1].at < attempts[2].at
 
     files = slack.user_says("<@UBOT>", files=[{"id": "F1", "name": "screenshot.png"}])
     await slack.push(slack.as_mention(files))
     assert await slack.wait_final(files["ts"]) == Messages.NO_TEXT
+
+
+@pytest.mark.parametrize("failure", ["500 after posting", "500 before posting", "lost connection after posting",
+                                     "lost connection before posting"])
+async def test_a_post_whose_outcome_is_unknown_is_not_sent_twice(
+        slack: FakeSlack, engine: Engine, start_adapter: StartAdapter, failure: str) -> None:
+    # chat.postMessage is not idempotent: after a 5xx or a lost connection Slack may or may not have posted
+    recorder = Recorder(engine)
+    await start_adapter(recorder)
+    slack.fail("chat.postMessage", status=500, error="internal_error", retry_after=None,
+               acted="after" in failure, disconnect="connection" in failure)
+    slack.fail("chat.update", status=503, error="service_unavailable", retry_after=0)  # an edit is retried
+    message = slack.user_says("<@UBOT> Say hello.")
+    await slack.push(slack.as_mention(message))
+    final = await slack.wait_final(message["ts"])
+    await slack.wait_for(lambda: recorder.handles and recorder.handles[0].done, timeout=30)
+    done = recorder.handles[0].final
+    assert isinstance(done, Done) and final == markdown_to_mrkdwn(done.text.strip())
+    assert len(slack.bot_messages(message["ts"])) == 1  # one placeholder, become the answer
+    assert len(slack.posts_in(message["ts"])) == (1 if "after" in failure else 2)  # posted again only if lost
+    assert slack.calls_to("conversations.replies")  # it looked before posting again
 
 
 async def test_malformed_envelopes_are_skipped_and_the_next_event_works(

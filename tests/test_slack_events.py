@@ -25,6 +25,7 @@ from bots.slack_events import (
     build_job,
     decide,
     event_of,
+    find_post,
     parse_message,
     plain_text,
     post_args,
@@ -196,6 +197,16 @@ def test_api_arguments_put_replies_in_the_thread() -> None:
     assert post_args("C1", "1.2", "hi") == {"channel": "C1", "thread_ts": "1.2", "text": "hi",
                                             "unfurl_links": False, "unfurl_media": False}
     assert update_args("C1", "1.3", "edited") == {"channel": "C1", "ts": "1.3", "text": "edited"}
+
+
+def test_a_lost_post_is_found_in_the_thread_by_its_text_after_the_question() -> None:
+    history = p.REPLIES["messages"]
+    thinking = "1515449699.000299"
+    assert find_post(history, ME, "_Thinking…_", after="1515449495.000111") == thinking
+    assert find_post(history, ME, "_Thinking…_", after=thinking) is None  # older than the question: not ours
+    assert find_post(history, ME, "_Thinking…_", after="1515449495.000111", known=lambda ts: ts == thinking) is None
+    assert find_post(history, ME, "unrelated bot noise", after="") is None  # another bot's message
+    assert find_post(history, ME, "Something else", after="") is None
 
 
 def test_recent_forgets_after_its_ttl_and_past_its_size() -> None:
