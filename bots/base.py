@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from bots.text import paginate
 from engine.config import Env
@@ -224,18 +224,30 @@ async def retract(sink: Sink, message_id: str) -> None:
         log.exception("marking message %s of an abandoned answer failed", message_id)
 
 
-def conversation(messages: Iterable[tuple[bool, str]], max_chars: int = 24_000) -> tuple[Turn, ...]:
-    """Turns from a thread's messages, oldest first, as (from_the_bot, text) pairs.
+@dataclass(frozen=True, slots=True)
+class Said:
+    """One message of a conversation, as an adapter reads it from a thread."""
 
-    Keeps the newest messages within ``max_chars`` (the engine trims to the exact token budget), merges
-    consecutive messages of one side, and drops empty ones.
+    text: str
+    speaker: str | None  # who wrote it: an id stable within the conversation; None for the bot itself
+    name: str = ""  # what to call the speaker ("Ann", "@U0123ABCD"); the id when empty
+
+
+def conversation(messages: Iterable[Said], max_chars: int = 24_000) -> tuple[Turn, ...]:
+    """Turns from a thread's messages, oldest first: the bot's as assistant turns, everyone else's as user turns.
+
+    When more than one person took part, each person's message starts with their name ("Ann: ..."), so the model
+    knows who said what. Keeps the newest messages within ``max_chars`` (the engine trims to the exact token
+    budget), merges consecutive messages of one side, and drops empty ones.
     """
+    said = [m for m in messages if m.text.strip()]
+    named = len({m.speaker for m in said if m.speaker is not None}) > 1
     turns: list[Turn] = []
-    for from_bot, text in messages:
-        text = text.strip()
-        if not text:
-            continue
-        role: Role = "assistant" if from_bot else "user"
+    for message in said:
+        text = message.text.strip()
+        role: Role = "assistant" if message.speaker is None else "user"
+        if named and message.speaker is not None:
+            text = f"{message.name or message.speaker}: {text}"
         if turns and turns[-1].role == role:
             turns[-1] = Turn(role, f"{turns[-1].content}\n\n{text}")
         else:
@@ -251,3 +263,40 @@ def conversation(messages: Iterable[tuple[bool, str]], max_chars: int = 24_000) 
     while kept and kept[0].role != "user":
         kept.pop(0)
     return tuple(kept)
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Recent(Generic[K, V]):
+    """A bounded map whose entries expire ``ttl_s`` seconds after they were written (oldest dropped first)."""
+
+    def __init__(self, ttl_s: float, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.max_size, self._clock = ttl_s, max_size, clock
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._items and (len(self._items) > self.max_size or next(iter(self._items.values()))[0] <= now):
+            self._items.popitem(last=False)
+
+    def get(self, key: K) -> V | None:
+        self._expire()
+        item = self._items.get(key)
+        return None if item is None else item[1]
+
+    def put(self, key: K, value: V) -> None:
+        self._items.pop(key, None)
+        self._items[key] = (self._clock() + self.ttl_s, value)
+        self._expire()
+
+    def first_time(self, key: K, value: V) -> bool:
+        """Record ``key``; False if it was recorded already (and not expired)."""
+        if self.get(key) is not None:
+            return False
+        self.put(key, value)
+        return True

@@ -38,7 +38,15 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.base import Messages, RateLimiter, StreamStyle, asubmit, rate_limit_from_environ, stream_reply
+from bots.base import (
+    Messages,
+    RateLimiter,
+    Recent,
+    StreamStyle,
+    asubmit,
+    rate_limit_from_environ,
+    stream_reply,
+)
 from bots.slack_events import (
     AccessPolicy,
     BotIdentity,
@@ -49,7 +57,6 @@ from bots.slack_events import (
     MalformedEvent,
     Notice,
     Question,
-    Recent,
     SlackMessage,
     bot_in_thread,
     build_job,
@@ -556,7 +563,8 @@ class SlackAdapter:
                 return
             if message.in_thread and history is None:
                 history = await self._history(message)
-            job = build_job(message, thread_turns(history or [], message, decision.text, self.me))
+            job = build_job(message, thread_turns(history or [], message, decision.text, self.me,
+                                                  allowed_users=self.settings.allowed_users))
             outcome = await asubmit(self.engine, job)
             if isinstance(outcome, str):
                 if outcome:

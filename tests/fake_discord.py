@@ -164,6 +164,7 @@ class FakeDiscord:
         self.commands: list[Payload] = []
         self.threads: list[Payload] = []
         self.deleted: list[Payload] = []  # messages removed with DELETE
+        self.members: dict[str, Payload] = {}  # user id -> guild member (GET /guilds/{id}/members/{user})
         self._faults: list[tuple[str, re.Pattern[str], int, float]] = []
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = itertools.count(1)
@@ -182,6 +183,7 @@ class FakeDiscord:
                 ("GET", r"/channels/(\d+)/messages", self._history),
                 ("GET", r"/channels/(\d+)/messages/(\d+)", self._get),
                 ("POST", r"/channels/(\d+)/messages/(\d+)/threads", self._create_thread),
+                ("GET", rf"/guilds/{GUILD_ID}/members/(\d+)", self._member),
             )
         ]
         app = web.Application()
@@ -363,11 +365,17 @@ class FakeDiscord:
         before = int(request.query.get("before", 1 << 63))
         limit = int(request.query.get("limit", 50))
         older = [m for m in self.messages(match.group(1)) if int(m["id"]) < before]
-        return _json(list(reversed(older))[:limit])  # newest first, as Discord sends them
+        return _json([_rest_message(m) for m in reversed(older)][:limit])  # newest first, as Discord sends them
 
     async def _get(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         found = self._find(match.group(2))
-        return _json(found) if found else _json({"message": "Unknown Message", "code": 10008}, status=404)
+        if found is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        return _json(_rest_message(found))
+
+    async def _member(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        found = self.members.get(match.group(1))
+        return _json(found) if found else _json({"message": "Unknown Member", "code": 10007}, status=404)
 
     async def _create_thread(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         channel_id, message_id = match.groups()
@@ -384,6 +392,8 @@ class FakeDiscord:
     def _store(self, msg: Payload) -> Payload:
         if self._find(msg["id"]) is None:  # a dispatch sent twice is still one message
             self.channels.setdefault(msg["channel_id"], []).append(msg)
+        if "member" in msg:  # the server's members, as far as the test has shown them
+            self.members[msg["author"]["id"]] = {**msg["member"], "user": msg["author"]}
         return msg
 
     def _find(self, message_id: str) -> Payload | None:
@@ -435,6 +445,12 @@ class FakeDiscord:
                     })
                     await self.dispatch("GUILD_CREATE", guild())
         return ws
+
+
+def _rest_message(msg: Payload) -> Payload:
+    """A message as REST returns it: the author's ``member`` (and with it their roles) is sent on the gateway
+    only."""
+    return {k: v for k, v in msg.items() if k not in ("member", "edits")}
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -122,11 +122,17 @@ class FakeSlack:
 
     def user_says(self, text: str, *, channel: str = "C0001", user: str = "U0001", thread_ts: str | None = None,
                   channel_type: str = "channel", files: list[dict[str, Any]] | None = None,
-                  event_type: str = "message") -> dict[str, Any]:
-        """Store a person's message in the channel and return its event, as Slack would send it."""
+                  event_type: str = "message", name: str | None = None) -> dict[str, Any]:
+        """Store a person's message in the channel and return its event, as Slack would send it. With ``name``
+        the message carries the author's profile, as Slack adds it to messages people post."""
         ts = self.next_ts()
         message: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts, "team": self.team_id,
                                    "client_msg_id": str(uuid.uuid4())}
+        if name:
+            message["user_profile"] = {"avatar_hash": "g0", "image_72": "https://example.com/a.png",
+                                       "first_name": name, "real_name": f"{name} Example", "display_name": name,
+                                       "team": self.team_id, "name": name.lower(), "is_restricted": False,
+                                       "is_ultra_restricted": False}
         if thread_ts:
             message["thread_ts"] = thread_ts
         if files:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bots.base import Messages
+from bots.base import Messages, Recent
 from bots.slack_events import (
     AccessPolicy,
     BotIdentity,
@@ -18,7 +18,6 @@ from bots.slack_events import (
     MalformedEvent,
     Notice,
     Question,
-    Recent,
     SlackMessage,
     bot_in_thread,
     bot_text_for_history,
@@ -159,11 +158,34 @@ def test_the_thread_becomes_the_conversation_with_the_bot_as_assistant() -> None
     history = p.REPLIES["messages"]
     assert bot_in_thread(history, ME) and not bot_in_thread(history[:1], ME)
     turns = thread_turns(history, reply, "And generators?", ME)
+    # two people in the thread: each message says who wrote it (the profile's display name, else the user id)
+    assert turns == (
+        Turn("user", "ann.e: What is a closure in Python (https://python.org)?"),
+        Turn("assistant", "A *closure* is a function that remembers variables from its enclosing scope."),
+        Turn("user", "@U0G9QF9C6: @ann.e see also #python-help\n\nann.e: And generators?"),
+    )
+
+
+def test_one_person_and_the_bot_need_no_names() -> None:
+    reply = message(p.THREAD_REPLY)
+    alone = [m for m in p.REPLIES["messages"] if m.get("user") != "U0G9QF9C6"]
+    assert thread_turns(alone, reply, "And generators?", ME) == (
+        Turn("user", "What is a closure in Python (https://python.org)?"),
+        Turn("assistant", "A *closure* is a function that remembers variables from its enclosing scope."),
+        Turn("user", "And generators?"),
+    )
+
+
+def test_with_allowed_users_the_messages_of_anyone_else_never_reach_the_model() -> None:
+    reply = message(p.THREAD_REPLY)
+    turns = thread_turns(p.REPLIES["messages"], reply, "And generators?", ME,
+                         allowed_users=frozenset({"U061F7AUR"}))
     assert turns == (
         Turn("user", "What is a closure in Python (https://python.org)?"),
         Turn("assistant", "A *closure* is a function that remembers variables from its enclosing scope."),
-        Turn("user", "@U061F7AUR see also #python-help\n\nAnd generators?"),
+        Turn("user", "And generators?"),
     )
+    assert "python-help" not in str(turns)  # U0G9QF9C6's message is not there, nor their name
 
 
 def test_history_leaves_out_status_messages_cursors_and_failure_notes() -> None:
