@@ -48,14 +48,19 @@ class Recorder:
         return handle
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine() -> AsyncIterator[Engine]:
-    """One replica, room for one waiting job, short greedy answers: shared by the tests of this module."""
-    engine = Engine(make_settings(NUM_WORKERS=1, NUM_THREADS=1, PARALLEL_SLOTS=1, TEMPERATURE=0, MAX_NEW_TOKENS=32,
-                                  QUEUE_MAX_SIZE=1))
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=[1], ids=lambda slots: f"slots={slots}")
+async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
+    """One replica answering PARALLEL_SLOTS questions at once, room for one waiting job, short greedy answers:
+    shared by the tests of this module. One slot; the tests marked ``SLOTS`` run with two as well."""
+    engine = Engine(make_settings(NUM_WORKERS=1, NUM_THREADS=1, PARALLEL_SLOTS=request.param, TEMPERATURE=0,
+                                  MAX_NEW_TOKENS=32, QUEUE_MAX_SIZE=1))
     await engine.start()
     yield engine
     await engine.stop(grace_s=0)
+
+
+# the tests that stream or answer side by side: with one slot and with two (batched decoding), to catch races
+SLOTS = pytest.mark.parametrize("engine", [1, 2], indirect=True, ids=lambda slots: f"slots={slots}")
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -90,14 +95,16 @@ async def settle(slack: FakeSlack, adapter: SlackAdapter) -> None:
         quiet = quiet + 1 if adapter.in_flight == 0 else 0
 
 
-async def busy(engine: Engine) -> JobHandle:
-    """Occupy the engine's only replica with a long job; returns once it generates."""
-    handle = engine.submit(Job.ask("Tell me a very long story about a dragon.", params=LONG))
-    async for event in handle:
-        if isinstance(event, TextPiece):
-            return handle
-        assert not isinstance(event, Done | Failed), event
-    raise AssertionError("unreachable")
+async def busy(engine: Engine) -> list[JobHandle]:
+    """Occupy every slot of the engine's replica with a long job; returns once they all generate."""
+    handles = [engine.submit(Job.ask(f"Tell me a very long story about dragon number {i}.", params=LONG))
+               for i in range(engine.settings.parallel_slots)]
+    for handle in handles:
+        async for event in handle:
+            if isinstance(event, TextPiece):
+                break
+            assert not isinstance(event, Done | Failed), event
+    return handles
 
 
 def updates_of(slack: FakeSlack, ts: str) -> list[Call]:
@@ -108,6 +115,7 @@ def is_status(text: str) -> bool:
     return text in (Messages.THINKING, Messages.HELP, Messages.BUSY) or text.startswith("⚠️")
 
 
+@SLOTS
 async def test_a_mention_delivered_three_times_gets_one_streamed_answer_in_its_thread(
         slack: FakeSlack, engine: Engine, start_adapter: StartAdapter) -> None:
     recorder = Recorder(engine)
@@ -217,6 +225,7 @@ async def test_in_a_thread_of_several_people_the_model_knows_who_said_what_and_h
     )
 
 
+@SLOTS
 async def test_an_answer_past_the_message_limit_continues_in_new_messages(
         slack: FakeSlack, engine: Engine, start_adapter: StartAdapter) -> None:
     recorder = Recorder(engine)
@@ -273,6 +282,7 @@ async def test_a_job_taken_over_by_another_worker_host_ends_as_one_clean_reply(
     assert len(slack.calls_to("chat.delete")) == len(slack.posts_in(message["ts"])) - 1
 
 
+@SLOTS
 async def test_busy_engine_queued_placeholder_and_fast_acks(
         slack: FakeSlack, engine: Engine, start_adapter: StartAdapter) -> None:
     recorder = Recorder(engine)
@@ -300,10 +310,30 @@ async def test_busy_engine_queued_placeholder_and_fast_acks(
         print(f"\nbusy engine: placeholder {placeholder_ms:.0f} ms, acks {', '.join(f'{a:.0f}' for a in ack_ms)} ms")
         assert max(ack_ms) < 3000 and placeholder_ms < 1000
     finally:
-        running.cancel()
+        for handle in running:
+            handle.cancel()
     final = await slack.wait_final(waiting["ts"])  # the queued question is answered once the replica frees
     assert final.strip() and not is_status(final)
     assert not updates_of(slack, slack.bot_messages(refused["ts"])[0]["ts"])
+
+
+@SLOTS
+async def test_questions_at_once_each_get_their_own_whole_answer_in_their_own_thread(
+        slack: FakeSlack, engine: Engine, start_adapter: StartAdapter) -> None:
+    recorder = Recorder(engine)
+    adapter = await start_adapter(recorder)
+    questions = [slack.user_says(f"<@UBOT> {q}", user=f"U000{i}") for i, q in enumerate(
+        ("What is the capital of France?", "Write a haiku about rain."), start=1)]
+    for message in questions:
+        await slack.push(slack.as_mention(message))
+    await slack.wait_for(lambda: len(recorder.handles) == 2 and all(h.done for h in recorder.handles), timeout=60)
+    await settle(slack, adapter)
+    for message in questions:
+        (handle,) = [h for h in recorder.handles if h.job.dedup_key == f"slack:C0001:{message['ts']}"]
+        done = handle.final
+        assert isinstance(done, Done), done
+        (reply,) = slack.bot_messages(message["ts"])  # one message each, in its own thread
+        assert reply["text"] == markdown_to_mrkdwn(done.text.strip())  # the whole answer of its own job
 
 
 async def test_rate_limited_user_gets_a_notice(slack: FakeSlack, engine: Engine,
