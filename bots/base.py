@@ -200,7 +200,11 @@ async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: St
             if not current and len(ids) == 1:
                 await show(Messages.QUEUED.format(position=event.position))
         elif isinstance(event, Done):
-            await publish("", Messages.EMPTY_ANSWER, final=True)
+            if len(ids) > 1 and not current.strip():
+                # the answer ended with the message before: nothing came for the one opened for the rest
+                await retract(sink, ids.pop())
+            else:
+                await publish("", Messages.EMPTY_ANSWER, final=True)
             return event
         elif isinstance(event, Failed):
             if event.kind not in ("cancelled", "prompt_too_long"):

@@ -101,3 +101,12 @@ async def test_a_takeover_before_any_text_changes_nothing() -> None:
     assert isinstance(await stream(events, StreamStyle(limit=100, edit_interval_s=0), thread), Done)
     assert list(thread.messages.values()) == ["Hello."]
     assert [op for op, _ in thread.calls] == ["post"] + ["edit"] * (len(pieces("Hello.")) + 1)  # no extra edit
+
+
+async def test_a_message_opened_for_more_text_that_never_comes_is_taken_back() -> None:
+    # the cursor did not fit beside this text, so the next message was opened; then the answer ended
+    text = "&" * 19
+    thread = Thread()
+    style = StreamStyle(limit=39, edit_interval_s=0, render=lambda t: t.replace("&", "&&"))
+    assert isinstance(await stream([started(), *pieces(text, size=19), done(text)], style, thread), Done)
+    assert list(thread.messages.values()) == ["&&" * 19]  # not followed by an "empty answer" message
