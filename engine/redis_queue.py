@@ -748,7 +748,7 @@ class RedisWorker:
                  consumer: str | None = None) -> None:
         self.settings = settings
         self.engine = Engine(engine_settings)
-        self.capacity = engine_settings.num_workers * engine_settings.parallel_slots  # answers at once
+        self.capacity = self.engine.capacity  # answers at once
         # unique per process even where host names and process ids repeat (containers with host networking, each
         # PID 1; a restarted container): ownership checks compare consumer names
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
