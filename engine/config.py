@@ -208,7 +208,7 @@ class EngineSettings:
             raise ConfigError("MAX_NEW_TOKENS", str(max_new), f"must be less than CONTEXT_LENGTH ({context_length})")
         defaults = GenParams(
             max_new_tokens=max_new,
-            temperature=env.float("TEMPERATURE", 0.2, lo=0.0, hi=5.0),
+            temperature=env.float("TEMPERATURE", 0.0, lo=0.0, hi=5.0),
             top_p=env.float("TOP_P", 0.95, lo=0.0, hi=1.0, lo_open=True),
             top_k=env.int("TOP_K", 40, lo=0, hi=1_000_000),
             repeat_penalty=env.float("REPEAT_PENALTY", 1.1, lo=0.0, hi=10.0, lo_open=True),
