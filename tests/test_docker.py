@@ -1,6 +1,6 @@
-"""The Docker files: hadolint on the Dockerfile, `docker-compose config` on the compose example, docker/build.sh,
-the image's health check command and .dockerignore. No Docker engine needed (the image is built and run by hand,
-see docs/bench-docker.md); the linters come from the `test` extra and the tests skip only when they are missing.
+"""The Docker files: hadolint on the Dockerfile, `docker-compose config` on both compose examples, docker/build.sh,
+the image's health check command and .dockerignore. These need no Docker engine; the linters come from the `test`
+extra and the tests skip only when they are missing.
 """
 
 from __future__ import annotations
@@ -9,21 +9,28 @@ import http.server
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from engine.config import load_environ
+from engbot import cli
+from engbot.app import AppSettings
+from engine.config import EngineSettings, QueueSettings, load_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_EXAMPLE = ROOT / "docker" / "docker-compose.yml.example"
+SCALE_EXAMPLE = ROOT / "docker" / "docker-compose.scale.yml.example"
+ENGBOT_SERVICES = {"engbot", "bot", "worker"}  # the services that run the engbot image
 
 
 def free_port() -> int:
@@ -206,3 +213,150 @@ def test_build_script_names_the_image_from_env_or_argument(fake_docker: Path) ->
     argv = build(fake_docker, DROP_CPU_VARIANTS="")
     assert argv[argv.index("--build-arg") + 1] == "DROP_CPU_VARIANTS="
     assert "--build-arg" not in build(fake_docker)
+
+
+# ---- the scale-out example: docker/docker-compose.scale.yml.example ----
+
+
+def env_example_keys() -> set[str]:
+    return set(load_environ(ROOT / ".env.example"))
+
+
+def edit_env(path: Path, **settings: str) -> None:
+    """Change settings of a .env made from .env.example; add the ones it does not have."""
+    text = path.read_text()
+    for key, value in settings.items():
+        line = f"{key}={value}"
+        text, count = re.subn(rf"^{key}=.*$", lambda _, line=line: line, text, flags=re.M)
+        if not count:
+            text += f"\n{line}\n"
+    path.write_text(text)
+
+
+def make_scale_project(directory: Path, env: str | None = None, **settings: str) -> Path:
+    """Set up as docs/scaling.md says: the example copied to docker/docker-compose.scale.yml and a .env (by default
+    .env.example with ``settings`` changed) plus REDIS_PASSWORD. Returns the compose file."""
+    (directory / "docker").mkdir(parents=True, exist_ok=True)
+    compose_file = directory / "docker" / "docker-compose.scale.yml"
+    shutil.copy(SCALE_EXAMPLE, compose_file)
+    (directory / ".env").write_text((ROOT / ".env.example").read_text() if env is None else env)
+    edit_env(directory / ".env", REDIS_PASSWORD=secrets.token_urlsafe(24), **settings)
+    return compose_file
+
+
+def compose_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "ENGBOT_", "DOCKER_"))}
+
+
+def scale_config(project: Path, *files: Path) -> dict[str, Any]:
+    """`docker compose --env-file .env -f docker/docker-compose.scale.yml config` run as docs/scaling.md says."""
+    args = [a for f in files for a in ("-f", str(f))]
+    proc = subprocess.run([tool("docker-compose"), "--env-file", str(project / ".env"), "-f",
+                           str(project / "docker" / "docker-compose.scale.yml"), *args, "config", "--format", "json"],
+                          capture_output=True, text=True, timeout=60, check=False, env=compose_environ(), cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    config: dict[str, Any] = json.loads(proc.stdout)
+    return config
+
+
+@pytest.fixture
+def scale_project(tmp_path: Path) -> Path:
+    make_scale_project(tmp_path / "scale")
+    return tmp_path / "scale"
+
+
+def image_entrypoint() -> list[str]:
+    text = DOCKERFILE.read_text()
+    line = re.search(r"^ENTRYPOINT (\[.*\])\s*$", text[text.rindex("\nFROM "):], re.M)
+    assert line is not None
+    entrypoint: list[str] = json.loads(line.group(1))
+    return entrypoint
+
+
+def test_scale_example_commands_are_engbot_commands_after_the_image_entrypoint(
+        scale_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    services = scale_config(scale_project)["services"]
+    assert set(services) == {"redis", "bot", "worker"}
+    entrypoint = image_entrypoint()
+    assert entrypoint == ["engbot"]
+    roles = {}
+    for name in ("bot", "worker"):
+        assert services[name].get("entrypoint") is None, name  # the image's
+        command: list[str] = services[name]["command"]
+        with pytest.raises(SystemExit) as parsed:  # engbot's own argument parser, as the container runs it
+            cli.main([*entrypoint[1:], *command, "--help"])
+        assert parsed.value.code == 0, f"{name}: `{' '.join(entrypoint + command)}` is not an engbot command"
+        roles[name] = command[0]
+    capsys.readouterr()
+    assert roles == {"bot": "run", "worker": "worker"}
+    assert services["worker"]["deploy"]["replicas"] == 2
+
+
+def test_compose_healthchecks_have_no_argument_with_a_space(project: Path, scale_project: Path) -> None:
+    """podman 4's Docker API splits each argument of a CMD health check at spaces: `python -c "import x; ..."`
+    runs as `python -c import` there (a SyntaxError, so "unhealthy" for ever). CMD-SHELL (one string for sh -c)
+    is not split."""
+    single = compose_config(project, "--profile", "scale")
+    assert single.returncode == 0, single.stderr
+    configs = {"docker-compose.yml.example": json.loads(single.stdout), "scale": scale_config(scale_project)}
+    for example, config in configs.items():
+        for name, service in config["services"].items():
+            test = service["healthcheck"]["test"]
+            assert test[0] in ("CMD", "CMD-SHELL"), (example, name, test)
+            if test[0] == "CMD":
+                assert not any(re.search(r"\s", arg) for arg in test), (example, name, test)
+            if name in ENGBOT_SERVICES:
+                assert test[:4] == ["CMD", "python", "-m", "engbot.healthcheck"], (example, name, test)
+                assert set(test[4:]) <= {"/healthz", "/readyz"}, (example, name, test)
+
+
+def test_compose_examples_set_only_settings_of_env_example(tmp_path: Path) -> None:
+    """Every variable the compose files give engbot is one it reads (.env.example lists them all); REDIS_PASSWORD
+    is the compose file's own (Redis' --requirepass and REDIS_URL)."""
+    project = make_project(tmp_path / "single")
+    (project / ".env").write_text("")
+    single = compose_config(project, "--profile", "scale")
+    assert single.returncode == 0, single.stderr
+    make_scale_project(tmp_path / "scale", env="")
+    for config in (json.loads(single.stdout), scale_config(tmp_path / "scale")):
+        for name, service in config["services"].items():
+            if name in ENGBOT_SERVICES:
+                given = set(service["environment"]) - {"REDIS_PASSWORD"}
+                assert given and given <= env_example_keys(), (name, given - env_example_keys())
+
+
+def test_scale_example_wires_redis_workers_and_the_bot(scale_project: Path) -> None:
+    config = scale_config(scale_project)
+    services = config["services"]
+    password = load_environ(scale_project / ".env")["REDIS_PASSWORD"]
+    redis = services["redis"]
+    assert redis["command"][:1] == ["redis-server"] and "--appendonly" in redis["command"]
+    assert redis["command"][redis["command"].index("--requirepass") + 1] == password
+    assert redis["environment"]["REDISCLI_AUTH"] == password  # its health check's redis-cli logs in
+    assert redis["volumes"][0]["target"] == "/data" and redis["volumes"][0]["type"] == "volume"
+
+    grace = float(load_environ(scale_project / ".env")["SHUTDOWN_GRACE_S"])
+    for name in ("bot", "worker"):
+        service = services[name]
+        environ: dict[str, str] = service["environment"]  # .env, then the compose file's own
+        queue = QueueSettings.from_environ(environ)
+        url = urllib.parse.urlsplit(queue.redis_url)
+        assert queue.backend == "redis" and url.hostname == "redis" and url.password == password, name
+        assert AppSettings.from_environ(environ).http_host == "0.0.0.0", name  # reachable from outside
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert service["image"] == "engbot:latest" and service["build"]["context"] == str(scale_project), name
+        stop = service["stop_grace_period"]
+        assert re.fullmatch(r"\d+s", stop) and grace + 5 <= int(stop[:-1]) <= grace + 30, (name, grace, stop)
+
+    worker = services["worker"]
+    settings = EngineSettings.from_environ(worker["environment"])  # loads nothing; checks every engine setting
+    assert settings.num_workers == 1 and settings.num_threads == 1
+    # MODEL_PATH=/models/<file> in .env, as in the single-node example, reaches the workers (they load the model)
+    models = {"type": "bind", "source": str(scale_project / "models"), "target": "/models", "read_only": True}
+    assert any(models.items() <= volume.items() for volume in worker.get("volumes", [])), worker.get("volumes")
+    ports = services["bot"]["ports"]
+    assert len(ports) == 1 and ports[0]["host_ip"] == "127.0.0.1" and ports[0]["target"] == 8080
+    assert "ports" not in worker  # replicas cannot share a host port
+    assert int(worker["deploy"]["resources"]["limits"]["memory"]) >= 512 * 2**20  # one replica: ~190 MiB idle
+    assert int(services["bot"]["mem_limit"]) >= 128 * 2**20 and int(redis["mem_limit"]) >= 128 * 2**20
+
