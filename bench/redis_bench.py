@@ -40,8 +40,9 @@ async def in_process(workers: int) -> AsyncIterator[JobSubmitter]:
 def redis_backend(server: RedisServer, logs: Path) -> Backend:
     @asynccontextmanager
     async def backend(workers: int) -> AsyncIterator[JobSubmitter]:
+        # one slot per worker, as the in-process replicas it is compared with (a worker claims one job per slot)
         env = {"QUEUE_BACKEND": "redis", "REDIS_URL": server.url, "NUM_WORKERS": "1", "NUM_THREADS": "1",
-               "REDIS_MAX_PENDING": "1000"}
+               "PARALLEL_SLOTS": "1", "REDIS_MAX_PENDING": "1000"}
         procs = [WorkerProcess(env, logs / f"worker{workers}-{i}.log") for i in range(workers)]
         try:
             for proc in procs:

@@ -28,10 +28,11 @@ from discord.http import HTTPClient, Route
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 from bots import discord_events as ev
-from bots.base import Messages, RateLimiter, StreamStyle, asubmit, rate_limit_from_environ, stream_reply
+from bots.base import Messages, RateLimiter, Recent, StreamStyle, asubmit, rate_limit_from_environ, stream_reply
 from engine.config import Env, mask
 from engine.engine import JobHandle, JobSubmitter
 from engine.errors import ConfigError
+from engine.types import Job
 
 log = logging.getLogger("engbot.discord")
 
@@ -40,12 +41,13 @@ discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
 
 DEFAULT_API_URL = Route.BASE
 DEFAULT_GATEWAY_URL = str(DiscordWebSocket.DEFAULT_GATEWAY)
-MESSAGE_LIMIT = 1900  # of Discord's 2,000: room for the cursor and a reopened code fence
+MESSAGE_LIMIT = 1900  # characters as sent (cursor and closing fence included), of Discord's 2,000
 INTERACTION_TTL_S = 14 * 60.0  # an interaction token lasts 15 minutes: keep one for the last edits
 HISTORY_LIMIT = 50
 REPLY_CHAIN_LIMIT = 10
 START_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 30.0
+MEMBER_ROLES_TTL_S = 300.0  # how long a thread participant's roles are trusted (DISCORD_ALLOWED_ROLES)
 ORIGINAL = "@original"  # the id stream_reply edits first for /ask: the deferred response
 
 
@@ -215,6 +217,10 @@ class ChannelSink:
     async def edit(self, message_id: str, text: str) -> None:
         await self._posted[message_id].edit(content=text)
 
+    async def delete(self, message_id: str) -> None:
+        await self._posted[message_id].delete()
+        del self._posted[message_id]
+
 
 class InteractionSink:
     """Edits the deferred response and posts follow-ups while the interaction token lives; after that, moves the
@@ -253,6 +259,15 @@ class InteractionSink:
         else:
             await self._edit_webhook(target, text)
 
+    async def delete(self, message_id: str) -> None:
+        if message_id == ORIGINAL:
+            await self.interaction.delete_original_response()
+            return
+        target = self._moved.pop(message_id, message_id)
+        await self._posted[target].delete()
+        del self._posted[target]
+        self._in_channel.discard(target)
+
     async def _edit_webhook(self, message_id: str, text: str) -> None:
         if message_id == ORIGINAL:
             await self.interaction.edit_original_response(content=text)
@@ -281,6 +296,7 @@ class DiscordAdapter:
         self._intake = True
         self._closing = False
         self._replies: set[asyncio.Task[Any]] = set()
+        self._member_roles: Recent[tuple[int, int], tuple[int, ...]] = Recent(MEMBER_ROLES_TTL_S, 10_000)
 
     def __repr__(self) -> str:
         return f"<DiscordAdapter connected={self.connected} in_flight={self.in_flight} intake={self._intake}>"
@@ -419,7 +435,7 @@ class DiscordAdapter:
         assert self._client is not None and self._client.user is not None
         bot_id = self._client.user.id
         text = ev.readable(decision.prompt, bot_id, ev.Names.lookup(interaction.guild, ev.mentioned_ids(prompt)))
-        job = ev.make_job(ev.turns_for([], text, bot_id), f"interaction:{interaction.id}")
+        job = ev.make_job(ev.turns_for([], text, bot_id, interaction.user), f"interaction:{interaction.id}")
         outcome = await asubmit(self.engine, job)
         if isinstance(outcome, str):
             if outcome:
@@ -461,8 +477,8 @@ class DiscordAdapter:
         if isinstance(decision, ev.Notice):
             reply = decision.text
         else:
-            reply = self._rate_limited(message.author.id) or await asubmit(self.engine, ev.make_job(
-                ev.turns_for(await self._earlier(message), decision.prompt, bot_id), f"message:{message.id}"))
+            reply = self._rate_limited(message.author.id) or await asubmit(self.engine, await self._job(
+                message, decision.prompt, bot_id))
             if reply == "":
                 return  # a duplicate of a message being answered
         try:
@@ -477,6 +493,47 @@ class DiscordAdapter:
                 reply.cancel()
             raise
         await self._stream(reply, sink, placeholder)
+
+    async def _job(self, message: discord.Message, prompt: str, bot_id: int) -> Job:
+        earlier = await self._earlier(message)
+        authors = await self._allowed_authors(message.guild, earlier)
+        turns = ev.turns_for(earlier, prompt, bot_id, message.author, authors=authors)
+        return ev.make_job(turns, f"message:{message.id}")
+
+    async def _allowed_authors(self, guild: discord.Guild | None,
+                               earlier: list[discord.Message]) -> frozenset[int] | None:
+        """With DISCORD_ALLOWED_ROLES, who of the people in ``earlier`` holds an allowed role (their messages may
+        reach the model); None when everyone may."""
+        if not self.access.roles:
+            return None
+        roles: dict[int, tuple[int, ...]] = {}
+        for m in earlier:
+            if not m.author.bot and m.author.id not in roles:
+                roles[m.author.id] = await self._roles_of(guild, m.author)
+        return ev.allowed_authors(self.access, roles)
+
+    async def _roles_of(self, guild: discord.Guild | None, author: discord.abc.User) -> tuple[int, ...]:
+        """An author's role ids. Messages read through REST come without them: ask for the member (cached for a
+        few minutes). Someone who left, or whose roles cannot be read, holds none."""
+        if guild is None:
+            return ()
+        if isinstance(author, discord.Member) and author.guild.id == guild.id:
+            return tuple(ev.role_ids(author))
+        key = (guild.id, author.id)
+        cached = self._member_roles.get(key)
+        if cached is not None:
+            return cached
+        try:
+            member = await guild.fetch_member(author.id)
+        except discord.NotFound:
+            roles: tuple[int, ...] = ()
+        except discord.HTTPException as exc:
+            log.warning("could not read the roles of user %s (%s): leaving their messages out", author.id, exc)
+            return ()
+        else:
+            roles = tuple(ev.role_ids(member))
+        self._member_roles.put(key, roles)
+        return roles
 
     async def _sink_for(self, message: discord.Message, prompt: str) -> ChannelSink:
         channel = message.channel

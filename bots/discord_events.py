@@ -7,12 +7,12 @@ then fetches the context this module names, and builds the job with ``turns_for`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import discord
 
-from bots.base import Messages, allowed, conversation
+from bots.base import Messages, Said, allowed, conversation
 from engine.types import Job, Turn
 
 PLATFORM = "discord"
@@ -23,7 +23,7 @@ _NOTICES = tuple(
     text.split("{", 1)[0]
     for text in (Messages.HELP, Messages.THINKING, Messages.QUEUED, Messages.BUSY, Messages.RATE_LIMITED,
                  Messages.EMPTY_ANSWER, Messages.UNAVAILABLE, Messages.NO_TEXT, Messages.NOT_ALLOWED, Messages.MOVED,
-                 "⚠️")
+                 Messages.RETRACTED, "⚠️")
 )
 _MENTION = re.compile(r"<(@!?|@&|#)(\d+)>")
 _EMOJI = re.compile(r"<a?:(\w+):\d+>")
@@ -190,18 +190,28 @@ def bot_text(text: str) -> str:
     return text.split("\n\n⚠️", 1)[0]
 
 
-def turns_for(earlier: Iterable[discord.Message], prompt: str, bot_id: int,
-              names: Callable[[discord.Message], Names] = Names.of) -> tuple[Turn, ...]:
+def allowed_authors(access: Access, roles: Mapping[int, Collection[int]]) -> frozenset[int] | None:
+    """Whose messages may reach the model: None for everyone (DISCORD_ALLOWED_ROLES is empty), else the authors
+    holding an allowed role; ``roles`` maps author ids to their role ids."""
+    if not access.roles:
+        return None
+    return frozenset(author for author, ids in roles.items() if access.roles & {str(i) for i in ids})
+
+
+def turns_for(earlier: Iterable[discord.Message], prompt: str, bot_id: int, asker: discord.abc.User, *,
+              names: Callable[[discord.Message], Names] = Names.of,
+              authors: Container[int] | None = None) -> tuple[Turn, ...]:
     """The conversation for a job: ``earlier`` messages oldest first (the bot's as assistant turns), then
-    ``prompt``."""
-    pairs: list[tuple[bool, str]] = []
+    ``asker``'s ``prompt``. With several people, each one's messages carry their display name. Only messages of
+    ``authors`` (ids; None: everyone) are kept: the model never sees what anyone else wrote."""
+    said: list[Said] = []
     for m in earlier:
         if m.author.id == bot_id:
-            pairs.append((True, bot_text(m.content)))
-        elif m.type in ANSWERABLE_TYPES and not m.author.bot:
-            pairs.append((False, readable(m.content, bot_id, names(m))))
-    pairs.append((False, prompt))
-    return conversation(pairs)
+            said.append(Said(bot_text(m.content), None))
+        elif m.type in ANSWERABLE_TYPES and not m.author.bot and (authors is None or m.author.id in authors):
+            said.append(Said(readable(m.content, bot_id, names(m)), str(m.author.id), m.author.display_name))
+    said.append(Said(prompt, str(asker.id), asker.display_name))
+    return conversation(said)
 
 
 def make_job(turns: tuple[Turn, ...], dedup_key: str) -> Job:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -37,7 +38,15 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.base import Messages, RateLimiter, StreamStyle, asubmit, rate_limit_from_environ, stream_reply
+from bots.base import (
+    Messages,
+    RateLimiter,
+    Recent,
+    StreamStyle,
+    asubmit,
+    rate_limit_from_environ,
+    stream_reply,
+)
 from bots.slack_events import (
     AccessPolicy,
     BotIdentity,
@@ -48,12 +57,12 @@ from bots.slack_events import (
     MalformedEvent,
     Notice,
     Question,
-    Recent,
     SlackMessage,
     bot_in_thread,
     build_job,
     decide,
     event_of,
+    find_post,
     parse_message,
     post_args,
     thread_turns,
@@ -72,6 +81,14 @@ CONNECT_TIMEOUT_S = 30.0
 HISTORY_PAGES = 5  # conversations.replies pages of 200: the model's context holds far less anyway
 SEEN_TTL_S = 900.0  # Slack retries an event for about 5 minutes
 THREADS_TTL_S = 7 * 24 * 3600.0
+BOLT_APP_NAME = "slack_bolt.engbot"
+POST_RECHECK_S = 1.0  # after a post with an unknown outcome, wait this long before reading the thread
+# Web API methods that are safe to send twice (reads; writes whose repetition changes nothing). Not
+# chat.postMessage: a retry after a 5xx or a lost connection can post the message twice.
+IDEMPOTENT_METHODS = frozenset({
+    "auth.test", "apps.connections.open", "chat.update", "chat.delete", "conversations.replies",
+    "conversations.history", "conversations.info", "users.info",
+})
 
 
 class SlackConnectError(RuntimeError):
@@ -95,7 +112,7 @@ class SlackSettings:
     rate_limit_per_user: int = 5
     rate_limit_period_s: float = 60.0
     # not settings: tuning the tests change
-    message_limit: int = 3000  # characters of model text per Slack message; chat.update refuses ~3,500+
+    message_limit: int = 3000  # characters per Slack message as sent (mrkdwn); chat.update refuses ~3,500+
     edit_interval_s: float = 1.0  # chat.update is rate tier 3: about one edit a second
 
     def __repr__(self) -> str:
@@ -165,13 +182,20 @@ def _ids(env: Env, name: str, first_letters: str, example: str) -> frozenset[str
     return ids
 
 
+def api_method(request: HttpRequest) -> str:
+    """The Web API method a request calls, e.g. ``chat.postMessage``."""
+    return urlsplit(request.url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
 class ServerErrorRetryHandler(AsyncRetryHandler):
-    """Retries answers with a 5xx status, after the server's Retry-After when it sends one, else with backoff.
-    (slack_sdk's own server-error handler covers only 500 and 503 and ignores Retry-After.)"""
+    """Retries idempotent calls answered with a 5xx status, after the server's Retry-After when it sends one,
+    else with backoff. (slack_sdk's own server-error handler covers only 500 and 503, ignores Retry-After, and
+    retries any method.)"""
 
     async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
                                response: HttpResponse | None = None, error: Exception | None = None) -> bool:
-        return response is not None and 500 <= response.status_code <= 599
+        return (response is not None and 500 <= response.status_code <= 599
+                and api_method(request) in IDEMPOTENT_METHODS)
 
     async def prepare_for_next_attempt_async(self, *, state: RetryState, request: HttpRequest,
                                              response: HttpResponse | None = None,
@@ -194,19 +218,59 @@ def _retry_after(response: HttpResponse | None) -> float | None:
     return None
 
 
+class ConnectionErrorRetryHandler(AsyncConnectionErrorRetryHandler):
+    """slack_sdk's handler for lost connections, for idempotent calls only; any call whose connection could not
+    even be opened (nothing was sent)."""
+
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
+                               response: HttpResponse | None = None, error: Exception | None = None) -> bool:
+        if isinstance(error, aiohttp.ClientConnectorError):
+            return True
+        return api_method(request) in IDEMPOTENT_METHODS and await super()._can_retry_async(
+            state=state, request=request, response=response, error=error)
+
+
 def web_client(settings: SlackSettings, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
-    """The Web API client: one shared HTTP session; connection errors, 429s and 5xx answers are retried."""
+    """The Web API client: one shared HTTP session. 429s are retried after Retry-After (Slack did nothing);
+    5xx answers and lost connections only for calls that are safe to send twice (not ``chat.postMessage``:
+    ``SlackThread.post`` checks the thread instead)."""
     return AsyncWebClient(
         token=settings.bot_token,
         base_url=settings.api_url,
         session=session,
         logger=logging.getLogger("slack_sdk.web"),
         retry_handlers=[
-            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            ConnectionErrorRetryHandler(max_retry_count=2),
             AsyncRateLimitErrorRetryHandler(max_retry_count=2),
             ServerErrorRetryHandler(max_retry_count=2),
         ],
     )
+
+
+def outcome_unknown(error: BaseException) -> bool:
+    """Whether a failed call may have taken effect anyway: Slack answered 5xx, or the connection was lost (or
+    timed out) after the request went out."""
+    if isinstance(error, SlackApiError):
+        return bool(error.response.status_code >= 500)
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return False  # never connected: nothing was sent
+    return isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ServerConnectionError
+                      | TimeoutError)
+
+
+async def read_thread(client: AsyncWebClient, channel: str, thread_ts: str) -> list[Any]:
+    """A thread's messages, oldest first (``conversations.replies``, up to HISTORY_PAGES pages)."""
+    messages: list[Any] = []
+    cursor: str | None = None
+    for _ in range(HISTORY_PAGES):
+        response = await client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
+        page = response.get("messages")
+        messages.extend(page if isinstance(page, list) else [])
+        metadata = response.get("response_metadata")
+        cursor = metadata.get("next_cursor") if isinstance(metadata, dict) else None
+        if not cursor:
+            break
+    return messages
 
 
 class _SocketModeHandler(AsyncSocketModeHandler):
@@ -224,17 +288,52 @@ class _SocketModeHandler(AsyncSocketModeHandler):
 
 
 class SlackThread:
-    """A ``Sink``: posts and edits the bot's messages in one thread."""
+    """A ``Sink``: posts and edits the bot's messages in one thread.
 
-    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
-        self.client, self.channel, self.thread_ts = client, channel, thread_ts
+    ``chat.postMessage`` is not idempotent, so a post that fails in a way that leaves its outcome unknown (5xx,
+    lost connection) is not simply sent again: the thread is read, and a message of the bot with that text, newer
+    than ``after`` and not one ``posted`` knows, is taken as the post that arrived after all; if there is none,
+    the post is sent once more.
+    """
+
+    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str, me: BotIdentity, *, after: str = "",
+                 posted: Recent[tuple[str, str], bool] | None = None) -> None:
+        self.client, self.channel, self.thread_ts, self.me = client, channel, thread_ts, me
+        self.after = after
+        self.posted: Recent[tuple[str, str], bool] = posted if posted is not None else Recent(THREADS_TTL_S, 20_000)
 
     async def post(self, text: str) -> str:
-        response = await self.client.chat_postMessage(**post_args(self.channel, self.thread_ts, text))
-        return str(response["ts"])
+        args = post_args(self.channel, self.thread_ts, text)
+        try:
+            response = await self.client.chat_postMessage(**args)
+        except Exception as exc:
+            if not outcome_unknown(exc):
+                raise
+            log.warning("Slack: posting in %s %s failed (%s): checking the thread before posting again",
+                        self.channel, self.thread_ts, _describe(exc))
+            await asyncio.sleep(POST_RECHECK_S)
+            try:
+                history = await read_thread(self.client, self.channel, self.thread_ts)
+            except Exception as read_error:
+                log.warning("Slack: could not check thread %s %s (%s): not posting again, to post no duplicate",
+                            self.channel, self.thread_ts, _describe(read_error))
+                raise exc from None
+            found = find_post(history, self.me, text, after=self.after,
+                              known=lambda ts: self.posted.get((self.channel, ts)) is not None)
+            if found is not None:
+                log.info("Slack: the message had been posted after all (%s)", found)
+                self.posted.put((self.channel, found), True)
+                return found
+            response = await self.client.chat_postMessage(**args)
+        ts = str(response["ts"])
+        self.posted.put((self.channel, ts), True)
+        return ts
 
     async def edit(self, message_id: str, text: str) -> None:
         await self.client.chat_update(**update_args(self.channel, message_id, text))
+
+    async def delete(self, message_id: str) -> None:
+        await self.client.chat_delete(channel=self.channel, ts=message_id)
 
 
 class SlackAdapter:
@@ -252,6 +351,7 @@ class SlackAdapter:
         self._limiter = RateLimiter(settings.rate_limit_per_user, settings.rate_limit_period_s)
         self._seen: Recent[tuple[str, str], bool] = Recent(SEEN_TTL_S, 20_000)
         self._threads: Recent[tuple[str, str], bool] = Recent(THREADS_TTL_S, 20_000)  # thread -> bot posted in it
+        self._posted: Recent[tuple[str, str], bool] = Recent(SEEN_TTL_S, 20_000)  # (channel, ts) of our posts
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._socket: _SocketModeHandler | None = None
@@ -322,7 +422,9 @@ class SlackAdapter:
     def _bolt_app(self, client: AsyncWebClient) -> AsyncApp:
         app = AsyncApp(
             client=client,
-            name="engbot",
+            # bolt names loggers after the app and sets their level to its own logger's on every event: a name
+            # inside slack_bolt's hierarchy keeps its hands off ours ("engbot" would silence engbot.* below WARNING)
+            name=BOLT_APP_NAME,
             logger=logging.getLogger("slack_bolt"),
             signing_secret=self.settings.signing_secret,
             request_verification_enabled=self.settings.mode == "http",
@@ -429,7 +531,8 @@ class SlackAdapter:
         if not self._seen.first_time(message.key, True):
             log.debug("Slack: %s %s delivered again; answered once", message.channel, message.ts)
             return
-        thread = SlackThread(self.client, message.channel, message.reply_thread_ts)
+        thread = SlackThread(self.client, message.channel, message.reply_thread_ts, self.me, after=message.ts,
+                             posted=self._posted)
         handle: JobHandle | None = None
         placeholder: str | None = None
         try:
@@ -460,7 +563,8 @@ class SlackAdapter:
                 return
             if message.in_thread and history is None:
                 history = await self._history(message)
-            job = build_job(message, thread_turns(history or [], message, decision.text, self.me))
+            job = build_job(message, thread_turns(history or [], message, decision.text, self.me,
+                                                  allowed_users=self.settings.allowed_users))
             outcome = await asubmit(self.engine, job)
             if isinstance(outcome, str):
                 if outcome:
@@ -490,19 +594,14 @@ class SlackAdapter:
     async def _history(self, message: SlackMessage) -> list[Any] | None:
         """The thread's messages, oldest first; None (logged) when Slack does not give them."""
         assert self.client is not None
-        messages: list[Any] = []
-        cursor: str | None = None
         try:
-            for _ in range(HISTORY_PAGES):
-                response = await self.client.conversations_replies(
-                    channel=message.channel, ts=message.reply_thread_ts, limit=200, cursor=cursor)
-                page = response.get("messages")
-                messages.extend(page if isinstance(page, list) else [])
-                metadata = response.get("response_metadata")
-                cursor = metadata.get("next_cursor") if isinstance(metadata, dict) else None
-                if not cursor:
-                    break
+            return await read_thread(self.client, message.channel, message.reply_thread_ts)
         except (SlackApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("Slack: could not read thread %s %s: %s", message.channel, message.reply_thread_ts, exc)
             return None
-        return messages
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, SlackApiError):
+        return f"HTTP {error.response.status_code} {error.response.get('error') or ''}".rstrip()
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -11,13 +11,11 @@
 from __future__ import annotations
 
 import re
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from bots.base import Messages, conversation
+from bots.base import Messages, Said, conversation
 from engine.types import Job, Turn
 
 PLATFORM = "slack"
@@ -50,6 +48,7 @@ class SlackMessage:
     thread_ts: str | None = None  # the thread's parent ts when the message is in a thread (or starts one)
     channel_type: str | None = None  # "im", "mpim", "channel", "group"; app_mention events carry none
     has_files: bool = False
+    user_name: str | None = None  # the author's display name, when the payload carries their profile
 
     @property
     def key(self) -> tuple[str, str]:
@@ -116,8 +115,21 @@ def parse_message(event: Mapping[str, Any], me: BotIdentity) -> SlackMessage | I
     return SlackMessage(
         event_type=str(kind), channel=channel, ts=ts, user=user, text=text, thread_ts=thread_ts or None,
         channel_type=channel_type if isinstance(channel_type, str) else None,
-        has_files=isinstance(files, list) and bool(files),
+        has_files=isinstance(files, list) and bool(files), user_name=profile_name(event),
     )
+
+
+def profile_name(message: Mapping[str, Any]) -> str | None:
+    """The author's name from the ``user_profile`` Slack adds to messages people post (display name, else real
+    name); None when the message carries no profile. Needs no ``users:read`` scope."""
+    profile = message.get("user_profile")
+    if not isinstance(profile, Mapping):
+        return None
+    for key in ("display_name", "real_name", "name"):
+        value = profile.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def _field(event: Mapping[str, Any], name: str) -> str:
@@ -138,15 +150,17 @@ def mentions(text: str, user_id: str) -> bool:
     return f"<@{user_id}>" in text or f"<@{user_id}|" in text
 
 
-def plain_text(text: str, strip_user: str | None = None) -> str:
-    """Slack markup as plain text: ``<@U1|ann>`` becomes ``@ann``, ``<#C1|general>`` ``#general``,
-    ``<https://x|label>`` ``label (https://x)``, entities are unescaped; mentions of ``strip_user`` vanish."""
+def plain_text(text: str, strip_user: str | None = None, names: Mapping[str, str] | None = None) -> str:
+    """Slack markup as plain text: ``<@U1|ann>`` becomes ``@ann`` (``<@U1>`` ``@`` and the name ``names`` has
+    for U1, else ``@U1``), ``<#C1|general>`` ``#general``, ``<https://x|label>`` ``label (https://x)``, entities
+    are unescaped; mentions of ``strip_user`` vanish."""
+    names = names or {}
 
     def replace(match: re.Match[str]) -> str:
         inner = match.group(1)
         target, _, label = inner.partition("|")
         if target.startswith("@"):
-            return "@" + (label or target[1:])
+            return "@" + (label or names.get(target[1:], target[1:]))
         if target.startswith("#"):
             return "#" + (label or target[1:])
         if target.startswith("!"):
@@ -258,7 +272,7 @@ def _ts_key(ts: str) -> tuple[int, int]:
 
 def _status_pattern() -> re.Pattern[str]:
     fixed = [Messages.THINKING, Messages.HELP, Messages.BUSY, Messages.NO_TEXT, Messages.UNAVAILABLE,
-             Messages.EMPTY_ANSWER]
+             Messages.EMPTY_ANSWER, Messages.RETRACTED]
     templates = [Messages.QUEUED, Messages.RATE_LIMITED]
     parts = [re.escape(t) for t in fixed]
     for template in templates:
@@ -289,27 +303,55 @@ def bot_in_thread(history: Sequence[Any], me: BotIdentity) -> bool:
     return any(isinstance(m, Mapping) and is_from_bot(m, me) for m in history)
 
 
-def thread_turns(history: Sequence[Any], message: SlackMessage, question: str, me: BotIdentity,
-                 max_chars: int = 24_000) -> tuple[Turn, ...]:
+def speaker_names(history: Sequence[Any], message: SlackMessage | None = None) -> dict[str, str]:
+    """User id -> name, from the profiles the thread's messages carry (and the message being answered)."""
+    names: dict[str, str] = {}
+    for item in history:
+        if isinstance(item, Mapping) and isinstance(item.get("user"), str) and (name := profile_name(item)):
+            names[item["user"]] = name
+    if message is not None and message.user_name:
+        names[message.user] = message.user_name
+    return names
+
+
+def thread_turns(history: Sequence[Any], message: SlackMessage, question: str, me: BotIdentity, *,
+                 allowed_users: frozenset[str] = frozenset(), max_chars: int = 24_000) -> tuple[Turn, ...]:
     """The conversation for ``message``: the thread's earlier messages (the bot's as assistant turns, other
-    bots' left out), then ``question``. Messages at or after ``message`` are left out: the history may or may
-    not hold the message itself, and our own placeholder may already be there."""
+    bots' left out), then ``question``. With several people in the thread, each one's messages carry their
+    name (from the messages' profiles, else ``@U0123ABCD``). With ``allowed_users`` (SLACK_ALLOWED_USERS), the
+    messages of anyone else are left out: they never reach the model. Messages at or after ``message`` are
+    left out: the history may or may not hold the message itself, and our own placeholder may already be
+    there."""
     now = _ts_key(message.ts)
-    pairs: list[tuple[bool, str]] = []
+    names = speaker_names(history, message)
+    said: list[Said] = []
     for item in history:
         if not isinstance(item, Mapping):
             continue
-        ts, text = item.get("ts"), item.get("text")
+        ts, text, user = item.get("ts"), item.get("text"), item.get("user")
         if not isinstance(ts, str) or not isinstance(text, str) or _ts_key(ts) >= now:
             continue
         if item.get("subtype") not in (None, *USER_SUBTYPES) and not is_from_bot(item, me):
             continue
         if is_from_bot(item, me):
-            pairs.append((True, plain_text(bot_text_for_history(text))))
-        elif item.get("bot_id") is None:
-            pairs.append((False, plain_text(text, me.user_id)))
-    pairs.append((False, question))
-    return conversation(pairs, max_chars=max_chars)
+            said.append(Said(plain_text(bot_text_for_history(text), names=names), None))
+        elif item.get("bot_id") is None and isinstance(user, str) and (not allowed_users or user in allowed_users):
+            said.append(Said(plain_text(text, me.user_id, names), user, names.get(user, "@" + user)))
+    said.append(Said(question, message.user, names.get(message.user, "@" + message.user)))
+    return conversation(said, max_chars=max_chars)
+
+
+def find_post(history: Sequence[Any], me: BotIdentity, text: str, *, after: str,
+              known: Callable[[str], bool] = lambda ts: False) -> str | None:
+    """The ts of the bot's message in ``history`` that shows ``text``, was posted after the message ``after``
+    and is not ``known`` (a post whose ts the adapter has): where a ``chat.postMessage`` whose answer was lost
+    landed, if it did. The newest such message, or None."""
+    floor = _ts_key(after) if after else (0, 0)
+    found = [item["ts"] for item in history
+             if isinstance(item, Mapping) and is_from_bot(item, me) and isinstance(item.get("ts"), str)
+             and _ts_key(item["ts"]) > floor and not known(item["ts"])
+             and isinstance(item.get("text"), str) and item["text"].strip() == text.strip()]
+    return str(found[-1]) if found else None
 
 
 def build_job(message: SlackMessage, turns: tuple[Turn, ...]) -> Job:
@@ -328,42 +370,3 @@ def post_args(channel: str, thread_ts: str, text: str) -> dict[str, Any]:
 def update_args(channel: str, ts: str, text: str) -> dict[str, Any]:
     """``chat.update`` arguments to replace the text of one of the bot's messages."""
     return {"channel": channel, "ts": ts, "text": text}
-
-
-# ---- small bounded memories ----
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class Recent(Generic[K, V]):
-    """A bounded map whose entries expire ``ttl_s`` seconds after they were written (oldest dropped first)."""
-
-    def __init__(self, ttl_s: float, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl_s, self.max_size, self._clock = ttl_s, max_size, clock
-        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def _expire(self) -> None:
-        now = self._clock()
-        while self._items and (len(self._items) > self.max_size or next(iter(self._items.values()))[0] <= now):
-            self._items.popitem(last=False)
-
-    def get(self, key: K) -> V | None:
-        self._expire()
-        item = self._items.get(key)
-        return None if item is None else item[1]
-
-    def put(self, key: K, value: V) -> None:
-        self._items.pop(key, None)
-        self._items[key] = (self._clock() + self.ttl_s, value)
-        self._expire()
-
-    def first_time(self, key: K, value: V) -> bool:
-        """Record ``key``; False if it was recorded already (and not expired)."""
-        if self.get(key) is not None:
-            return False
-        self.put(key, value)
-        return True

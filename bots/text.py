@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 FENCE = "```"
 
 
-def split_message(text: str, limit: int) -> list[str]:
-    """Split ``text`` into chunks of at most ``limit`` characters.
+def _same(text: str) -> str:
+    return text
+
+
+def split_message(text: str, limit: int, render: Callable[[str], str] = _same) -> list[str]:
+    """Split ``text`` into messages whose rendering (``render``, e.g. Markdown to mrkdwn) holds at most ``limit``
+    characters; returns them rendered.
 
     Prefers paragraph breaks, then line breaks, then sentence ends, then spaces. A split never falls inside a
     code block: when a block alone is longer than ``limit``, it is closed at the cut and reopened (with its
@@ -16,23 +22,47 @@ def split_message(text: str, limit: int) -> list[str]:
     """
     if limit < 32:
         raise ValueError("limit too small")
-    chunks: list[str] = []
-    rest = text
-    reopen = ""
-    while rest:
-        rest = reopen + rest
-        if len(rest) <= limit:
-            chunks.append(rest)
-            break
-        cut, reopen = _cut(rest, limit)
-        head = rest[:cut].rstrip()
-        if reopen:
-            head += "\n" + FENCE
-        chunks.append(head)
-        rest = rest[cut:].lstrip("\n") if not reopen else rest[cut:]
-        if not reopen:
-            rest = rest.lstrip(" ")
-    return [c for c in chunks if c.strip()]
+    full, _, last = paginate(text, limit, render)
+    return [c for c in (*full, last) if c.strip()]
+
+
+def paginate(text: str, limit: int, render: Callable[[str], str] = _same, *,
+             reserve: int = 0) -> tuple[list[str], str, str]:
+    """Split full messages off the front of ``text`` until what is left, rendered, fits in ``limit`` with
+    ``reserve`` characters to spare (for a streaming cursor or a note). The limit holds for the rendered text,
+    which is what a platform counts: rendering can make text longer (Slack escapes ``&``, ``<``, ``>``).
+
+    Returns the full messages (rendered, each at most ``limit`` characters), the rest as raw text (to stream
+    more into) and the rest rendered (trailing white space left out).
+    """
+    full: list[str] = []
+    shown = render(text.rstrip())
+    while text.strip() and len(shown) + reserve > limit:
+        head, text = _split_off(text, limit, render)
+        full.append(head)
+        shown = render(text.rstrip())
+    return full, text, shown
+
+
+def _split_off(text: str, limit: int, render: Callable[[str], str]) -> tuple[str, str]:
+    """The first message of ``text`` (rendered, at most ``limit`` characters, not empty) and the raw rest."""
+    body = text.rstrip()
+    trail = text[len(body):]  # kept on the rest: the next piece of a stream may continue after it
+    budget = limit
+    while budget >= 16:
+        cut, reopen = _cut(body, budget)
+        head = body[:cut].rstrip() + ("\n" + FENCE if reopen else "")
+        shown = render(head)
+        if len(shown) <= limit and head.strip() and cut > len(reopen):
+            rest = reopen + body[cut:] if reopen else body[cut:].lstrip(" \n")
+            return shown, rest + trail
+        # the rendering grew past the limit (or the cut made no progress): try again with less raw text
+        budget = min(budget - 1, budget * limit // max(len(shown), 1))
+    # only text whose rendering grows several times over gets here: cut anywhere
+    size = min(len(body), limit)
+    while size > 1 and len(render(body[:size])) > limit:
+        size = max(1, min(size - 1, size * limit // len(render(body[:size]))))
+    return render(body[:size]), body[size:] + trail
 
 
 def _fences(text: str) -> list[int]:

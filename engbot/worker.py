@@ -1,7 +1,8 @@
 """``engbot worker``: an engine host that answers jobs from the Redis queue (QUEUE_BACKEND=redis).
 
-It runs the same in-process Engine as ``engbot run`` (NUM_WORKERS replicas), claims as many jobs as it has free
-replicas, and serves /healthz, /readyz and /metrics on HTTP_PORT like ``engbot run`` (0 = any free port).
+It runs the same in-process Engine as ``engbot run`` (NUM_WORKERS replicas, each answering PARALLEL_SLOTS questions
+together), claims as many jobs as that engine has free slots, and serves /healthz, /readyz and /metrics on
+HTTP_PORT like ``engbot run`` (0 = any free port).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ async def work_until_signal(worker: RedisWorker, app_settings: AppSettings, stop
             runner = await serve(make_app(worker.engine, lambda: [worker]), app_settings.http_host,
                                  app_settings.http_port)
             try:
-                log.info("engine ready: %d workers x %d threads, model %s", len(worker.engine.replicas),
-                         worker.engine.settings.num_threads, worker.engine.settings.model_path.name)
+                settings = worker.engine.settings
+                log.info("engine ready: %d workers x %d threads x %d slots, model %s", settings.num_workers,
+                         settings.num_threads, settings.parallel_slots, settings.model_path.name)
                 await stop.wait()
                 log.info("shutting down: no new jobs; running answers get %.0f s",
                          worker.engine.settings.shutdown_grace_s)

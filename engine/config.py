@@ -30,7 +30,8 @@ LLM_LIBS = ("auto", "avx2", "avx", "basic")
 MODEL_TYPES = (
     "auto", "gpt_neox", "gpt2", "gptj", "dolly-v2", "starcoder", "gpt_bigcode", "falcon", "mpt", "llama", "replit",
 )
-Text = str  # the name ``str`` is taken by Env.str inside that class
+Text = str  # the names ``str`` and ``int`` are taken by Env.str and Env.int inside that class
+Int = int
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 QUEUE_BACKENDS = ("memory", "redis")
@@ -45,6 +46,14 @@ def load_environ(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, 
         values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     values.update(os.environ)
     return values
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, taskset), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def default_model_path() -> Path | None:
@@ -96,6 +105,16 @@ class Env:
             raise ConfigError(name, raw, f"expected a number{_range(lo, hi, lo_open)}")
         return value
 
+    def int_or_auto(self, name: Text, default: Int, *, lo: Int, hi: Int) -> Int | None:
+        """A whole number, or None for ``auto``."""
+        raw = self.raw(name)
+        if raw is not None and raw.lower() == "auto":
+            return None
+        try:
+            return self.int(name, default, lo=lo, hi=hi)
+        except ConfigError:
+            raise ConfigError(name, raw, f"expected auto or a whole number{_range(lo, hi)}") from None
+
     def bool(self, name: Text, default: bool) -> bool:
         raw = self.raw(name)
         if raw is None:
@@ -139,7 +158,8 @@ class EngineSettings:
     model_type: str = "auto"
     llm_lib: str = "auto"
     num_workers: int = 1
-    num_threads: int = 1
+    num_threads: int = 1  # per replica; with adaptive_threads, the most one replica uses (all CPUs)
+    adaptive_threads: bool = False  # NUM_THREADS=auto: CPUs shared out among the replicas generating right now
     load_on_fly: bool = False
     keep_alive_s: float = 300.0
     queue_max_size: int = 16
@@ -182,14 +202,15 @@ class EngineSettings:
                 model_type = info.architecture
         elif backend == "auto":
             backend = "llama_cpp"
-        num_threads = env.int("NUM_THREADS", 1, lo=1, hi=256)
-        cpus = os.cpu_count() or 1
-        workers_raw = env.raw("NUM_WORKERS")
-        if workers_raw is not None and workers_raw.lower() == "auto":
-            num_workers = max(1, cpus // num_threads)
-        else:
-            num_workers = env.int("NUM_WORKERS", max(1, min(2, cpus // num_threads)), lo=1, hi=64)
-        if num_workers * num_threads > cpus:
+        cpus = available_cpus()
+        threads = env.int_or_auto("NUM_THREADS", 1, lo=1, hi=256)
+        # auto: each replica may use every CPU, shared out among the replicas that are generating at the moment
+        adaptive = threads is None
+        num_threads = cpus if threads is None else threads
+        per_worker = 1 if adaptive else num_threads
+        workers = env.int_or_auto("NUM_WORKERS", max(1, min(2, cpus // per_worker)), lo=1, hi=64)
+        num_workers = max(1, cpus // per_worker) if workers is None else workers
+        if not adaptive and num_workers * num_threads > cpus:
             log.warning(
                 "NUM_WORKERS x NUM_THREADS = %d x %d = %d is more than the %d CPUs here: generations will "
                 "compete for cores", num_workers, num_threads, num_workers * num_threads, cpus,
@@ -208,7 +229,7 @@ class EngineSettings:
             raise ConfigError("MAX_NEW_TOKENS", str(max_new), f"must be less than CONTEXT_LENGTH ({context_length})")
         defaults = GenParams(
             max_new_tokens=max_new,
-            temperature=env.float("TEMPERATURE", 0.2, lo=0.0, hi=5.0),
+            temperature=env.float("TEMPERATURE", 0.0, lo=0.0, hi=5.0),
             top_p=env.float("TOP_P", 0.95, lo=0.0, hi=1.0, lo_open=True),
             top_k=env.int("TOP_K", 40, lo=0, hi=1_000_000),
             repeat_penalty=env.float("REPEAT_PENALTY", 1.1, lo=0.0, hi=10.0, lo_open=True),
@@ -221,6 +242,7 @@ class EngineSettings:
             llm_lib=env.choice("LLM_LIB", "auto", LLM_LIBS),
             num_workers=num_workers,
             num_threads=num_threads,
+            adaptive_threads=adaptive,
             load_on_fly=env.bool("LOAD_ON_FLY", False),
             keep_alive_s=env.float("KEEP_ALIVE_S", 300.0, lo=0.0),
             queue_max_size=env.int("QUEUE_MAX_SIZE", 16, lo=1, hi=100_000),

@@ -22,7 +22,7 @@ from engine.backends.base import ModelInfo
 from engine.config import EngineSettings
 from engine.errors import DuplicateJob, EngineClosed, ModelFileError, QueueFull
 from engine.metrics import EngineMetrics
-from engine.pool import Replica
+from engine.pool import Replica, shared_counter
 from engine.queue import JobQueue
 from engine.types import FINAL_EVENTS, Done, Event, Failed, Job, Queued, Started, TextPiece
 
@@ -143,7 +143,8 @@ class Engine:
     def __init__(self, settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or EngineMetrics()
-        self.replicas = [Replica(i, settings) for i in range(settings.num_workers)]
+        self._busy = shared_counter()  # replicas generating now, for NUM_THREADS=auto
+        self.replicas = [Replica(i, settings, busy=self._busy) for i in range(settings.num_workers)]
         self._workers = [_Worker(r) for r in self.replicas]
         for worker in self._workers:
             worker.replica.on_death = functools.partial(self._on_death, worker)
@@ -158,11 +159,14 @@ class Engine:
         self._idle = asyncio.Event()
         self._idle.set()
         self.model_info: ModelInfo | None = None
-        self.metrics.track(lambda: len(self._queue), lambda: len({e.worker for e in self._running}))
+        self.metrics.track(lambda: len(self._queue), self._busy_workers)
 
     def __repr__(self) -> str:
         return (f"<Engine workers={len(self.replicas)} running={len(self._running)} "
                 f"queued={len(self._queue)} accepting={self._accepting}>")
+
+    def _busy_workers(self) -> int:
+        return len({e.worker for e in self._running})
 
     @property
     def queued(self) -> int:
@@ -463,6 +467,7 @@ class Engine:
             entry.started_at = time.monotonic()
             self.metrics.queue_wait.observe(entry.started_at - handle.submitted_at)
             self._running.add(entry)
+            self._busy.value = self._busy_workers()
             entry.seq = next(self._seq)
             job = handle.job
             params = job.params or self.settings.defaults
@@ -497,6 +502,7 @@ class Engine:
             if not handle.done and not requeued:  # the task itself was cancelled (hard shutdown)
                 self._finish(entry, Failed("shutdown", SHUTDOWN_REASON, "".join(entry.pieces)))
             self._running.discard(entry)
+            self._busy.value = self._busy_workers()
             self._release(worker, entry)
 
     def _finish(self, entry: _Entry, event: Done | Failed) -> None:

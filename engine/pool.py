@@ -24,14 +24,21 @@ CANCEL_GRACE_S = 5.0  # a replica that ignores a cancel this long is killed
 _SPAWN = mp.get_context("spawn")
 
 
+def shared_counter() -> Any:
+    """An integer shared with replica processes (written by the engine, read by replicas without locking)."""
+    return _SPAWN.RawValue("i", 0)
+
+
 class Replica:
     """One model process, running up to PARALLEL_SLOTS jobs at once (the worker tasks guarantee the bound).
 
     ``on_death`` is called when the process dies without being asked to stop.
     """
 
-    def __init__(self, index: int, settings: EngineSettings, on_death: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, index: int, settings: EngineSettings, on_death: Callable[[], None] = lambda: None,
+                 busy: Any = None) -> None:
         self.index = index
+        self.busy_replicas = busy  # shared with every replica of the engine (NUM_THREADS=auto)
         self.settings = settings
         self.on_death = on_death
         self.process: Any = None
@@ -75,7 +82,7 @@ class Replica:
         self._control = asyncio.Queue()
         self._stopping = False
         self.process = _SPAWN.Process(
-            target=replica_main, args=(self.index, self.settings, child, self._cancel),
+            target=replica_main, args=(self.index, self.settings, child, self._cancel, self.busy_replicas),
             name=f"engbot-replica-{self.index}", daemon=True,
         )
         self.process.start()

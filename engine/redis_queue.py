@@ -15,6 +15,9 @@ Keys (``engbot:`` is REDIS_KEY_PREFIX):
   waiting or running, which is what REDIS_MAX_PENDING bounds.
 - ``engbot:events:<job id>``, a stream per job carrying its events back, each entry a JSON batch of
   ``{"a": attempt, "n": seq, "t": type, "f": fields}``; it expires by itself, and the reader deletes it at the end.
+- ``engbot:job:<job id>``: the entry id a job was queued as (and how many jobs were waiting ahead of it), or
+  ``withdrawn``; it makes submitting idempotent, so a submit whose reply was lost is retried without queueing the
+  job twice, and a job whose submit outcome stays unknown is withdrawn (see ``RedisSubmitter.asubmit``).
 - ``engbot:dedup:<dedup key>`` (SET NX EX), ``engbot:cancel:<job id>``, ``engbot:attempt:<entry id>``, and
   ``engbot:wake:<submitter>``, a tiny stream whose only use is to end the reader's blocking XREAD when a job is
   added.
@@ -69,6 +72,8 @@ DEADLINE_MARGIN_S = 10.0  # a handle waits this long past the deadline for the w
 READ_BLOCK_MS = 1000  # the reader's XREAD block; also how often it checks deadlines
 IDLE_PING_S = 5.0  # with nothing in flight, the reader pings this often (for /readyz)
 BACKOFF_CAP_S = 5.0  # reconnection attempts at most this far apart
+SUBMIT_ATTEMPTS = 3  # a submit whose reply is lost is retried (it is idempotent) this many times in all...
+SUBMIT_RETRY_S = 2.0  # ...starting no retry this long after the first attempt; then the job is withdrawn
 CONNECT_TIMEOUT_S = 3.0
 SOCKET_TIMEOUT_S = 15.0  # above every BLOCK we use
 EVENTS_GRACE_S = 120  # events streams outlive the job's deadline by this much
@@ -77,12 +82,21 @@ ATTEMPT_TTL_S = 86400
 STALE_CONSUMER_MS = 3_600_000  # consumers idle this long with nothing pending are deleted
 RELEASED = "released"  # the consumer that holds jobs a stopping worker handed back
 WRITTEN, LOST, CANCELLED = 1, 0, 2  # results of the event and refresh scripts
+WITHDRAWN_REASON = "this job was withdrawn after a submit that got no answer; submit a new Job"
 
 # ---------------------------------------------------------------------------------------------------- scripts
 
-# KEYS: jobs stream, dedup key ('' = none), wake stream
-# ARGV: max pending, dedup ttl s, job json, deadline ms (relative), trim age ms, group, job id, wake ttl s
+# Idempotent by job id: the job key remembers the result, so running it again (a retry after a lost reply) returns
+# the same result instead of queueing the job twice; a withdrawn job is never queued.
+# KEYS: jobs stream, dedup key ('' = none), wake stream, job key
+# ARGV: max pending, dedup ttl s, job json, deadline ms (relative), trim age ms, group, job id, keys ttl s
 SUBMIT = """
+local known = redis.call('GET', KEYS[4])
+if known then
+  if known == 'withdrawn' then return {'withdrawn'} end
+  local id, ahead = string.match(known, '^(%S+) (%d+)$')
+  return {'ok', id, tonumber(ahead)}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
@@ -93,10 +107,28 @@ local pending = 0
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[6])
 if type(p) == 'table' and not p.err then pending = tonumber(p[1]) end
 local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[3], 'deadline', now + tonumber(ARGV[4]))
+local ahead = math.max(0, n - pending)
+redis.call('SET', KEYS[4], id .. ' ' .. ahead, 'EX', ARGV[8])
 if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[2]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', 8, '*', 'j', ARGV[7])
 redis.call('EXPIRE', KEYS[3], ARGV[8])
-return {'ok', id, math.max(0, n - pending)}
+return {'ok', id, ahead}
+"""
+
+# Withdraw a job whose submit outcome is unknown (its reply never came): a submit still on its way finds it
+# withdrawn and queues nothing; a queued job nobody took is deleted; a worker running it stops at its next write or
+# claim refresh (the cancel key) and acknowledges it. Returns 0 (was not queued), 1 (deleted) or 2 (stopping).
+# KEYS: jobs stream, job key, cancel key.  ARGV: group, ttl s
+WITHDRAW = """
+local known = redis.call('GET', KEYS[2])
+redis.call('SET', KEYS[2], 'withdrawn', 'EX', ARGV[2])
+if not known or known == 'withdrawn' then return 0 end
+redis.call('SET', KEYS[3], 1, 'EX', ARGV[2])
+local id = string.match(known, '^%S+')
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+if type(p) == 'table' and not p.err and #p > 0 then return 2 end
+redis.call('XDEL', KEYS[1], id)
+return 1
 """
 
 # KEYS: jobs stream, events stream, cancel key, attempt key
@@ -192,6 +224,9 @@ class Keys:
 
     def dedup(self, key: str) -> str:
         return f"{self.prefix}dedup:{key}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}cancel:{job_id}"
@@ -357,6 +392,7 @@ class RedisSubmitter:
         self.id = uuid.uuid4().hex[:12]
         self._redis = connect(settings.redis_url)
         self._submit = self._redis.register_script(SUBMIT)
+        self._withdraw = self._redis.register_script(WITHDRAW)
         self._jobs: dict[str, _Tracked] = {}
         self._wake_key = self.keys.wake(self.id)
         self._wake_id = "0-0"
@@ -365,6 +401,7 @@ class RedisSubmitter:
         self._idle.set()
         self._cancels: list[str] = []  # job ids whose cancel key is still to be set
         self._unlinks: list[str] = []  # events streams to delete
+        self._withdrawals: list[str] = []  # job ids whose submit outcome is unknown: to withdraw from Redis
         self._reader: asyncio.Task[None] | None = None
         self._accepting = False
         self._connected = False
@@ -415,7 +452,8 @@ class RedisSubmitter:
 
         Raises at once ``QueueFull`` when REDIS_MAX_PENDING jobs wait or run cluster-wide, ``DuplicateJob`` for a
         ``dedup_key`` seen in the last 10 minutes by any adapter process, ``EngineClosed`` when Redis cannot be
-        reached or this submitter is stopping.
+        reached or this submitter is stopping. A job this raises for is not queued, and never runs: when its
+        submit may have reached Redis (the reply was lost), it is withdrawn, at once or as soon as Redis is back.
         """
         if not self._accepting:
             raise EngineClosed("the job queue is not taking jobs (not started, or shutting down)")
@@ -423,24 +461,14 @@ class RedisSubmitter:
             raise ValueError("a job needs at least one turn")
         if job.id in self._jobs:
             raise DuplicateJob(job.id)
+        if job.id in self._withdrawals:  # submitted again after EngineClosed: it stays withdrawn
+            raise EngineClosed(WITHDRAWN_REASON)
         handle = JobHandle(job, self._cancel)
         tracked = _Tracked(handle, self.keys.events(job.id),
                            handle.submitted_at + self.settings.job_deadline_s + self.deadline_margin_s)
         self._jobs[job.id] = tracked  # before the script runs: its wake-up makes the reader follow this job
         try:
-            reply = await self._submit(
-                keys=[self.keys.jobs, self.keys.dedup(job.dedup_key) if job.dedup_key else "", self._wake_key],
-                args=[self.settings.max_pending, DEDUP_TTL_S, job_to_json(job),
-                      int(self.settings.job_deadline_s * 1000),
-                      int((self.settings.job_deadline_s + self.deadline_margin_s) * 1000), self.keys.group, job.id,
-                      int(self.settings.job_deadline_s + EVENTS_GRACE_S)],
-            )
-        except RedisError as exc:
-            self._jobs.pop(job.id, None)
-            raise_if_cancelled()
-            self._connected = False
-            log.warning("cannot queue a job: Redis is unreachable (%s)", describe_error(exc, self.settings))
-            raise EngineClosed("the job queue (Redis) is unreachable") from None
+            reply = await self._queue(job)
         except BaseException:
             self._jobs.pop(job.id, None)
             raise
@@ -450,6 +478,8 @@ class RedisSubmitter:
             self._jobs.pop(job.id, None)
             if status == "duplicate":
                 raise DuplicateJob(job.dedup_key)
+            if status == "withdrawn":  # submitted again after EngineClosed: it stays withdrawn
+                raise EngineClosed(WITHDRAWN_REASON)
             self.metrics.requests.labels(job.platform, "busy").inc()
             raise QueueFull(self.settings.max_pending)
         self._idle.clear()
@@ -457,6 +487,44 @@ class RedisSubmitter:
         if int(reply[2]) and not tracked.started_at:  # jobs not claimed yet ahead of this one: it certainly waits
             handle._emit(Queued(int(reply[2]) + 1))
         return handle
+
+    async def _queue(self, job: Job) -> Any:
+        """Run the submit script until Redis answers. A connection that drops (or times out) after the command
+        was sent leaves its outcome unknown, but the script is idempotent by job id, so it is simply run again; if
+        Redis still does not answer after a few quick attempts, or the caller is cancelled meanwhile, the job is
+        withdrawn (``WITHDRAW``, by the reader task, as soon as Redis answers) and ``EngineClosed`` raised."""
+        keys = [self.keys.jobs, self.keys.dedup(job.dedup_key) if job.dedup_key else "", self._wake_key,
+                self.keys.job(job.id)]
+        args: list[str | int] = [
+            self.settings.max_pending, DEDUP_TTL_S, job_to_json(job), int(self.settings.job_deadline_s * 1000),
+            int((self.settings.job_deadline_s + self.deadline_margin_s) * 1000), self.keys.group, job.id,
+            self._keys_ttl_s]
+        began = time.monotonic()
+        failures = 0
+        try:
+            while True:
+                try:
+                    return await self._submit(keys=keys, args=args)
+                except RedisError as exc:
+                    raise_if_cancelled()
+                    failures += 1
+                    if failures >= SUBMIT_ATTEMPTS or time.monotonic() - began >= SUBMIT_RETRY_S:
+                        self._connected = False
+                        log.warning("cannot queue a job: Redis is unreachable (%s)",
+                                    describe_error(exc, self.settings))
+                        raise EngineClosed("the job queue (Redis) is unreachable") from None
+                    log.info("job %s: no answer from Redis to its submit (%s); submitting it again", job.id[:8],
+                             describe_error(exc, self.settings))
+                    await asyncio.sleep(backoff(failures - 1))
+        except BaseException:
+            self._withdrawals.append(job.id)
+            self._changed.set()
+            raise
+
+    @property
+    def _keys_ttl_s(self) -> int:
+        """How long a job's keys (job, cancel, wake) live: past anything that can still happen to the job."""
+        return int(self.settings.job_deadline_s + EVENTS_GRACE_S)
 
     def _cancel(self, handle: JobHandle) -> None:
         tracked = self._jobs.get(handle.job.id)
@@ -490,7 +558,7 @@ class RedisSubmitter:
         failures = 0
         while self._accepting or self._jobs:
             self._expire_overdue()
-            if self._cancels or self._unlinks:
+            if self._cancels or self._unlinks or self._withdrawals:
                 await self._housekeeping()
             if not self._jobs:
                 self._changed.clear()
@@ -584,18 +652,33 @@ class RedisSubmitter:
             self._cancels.append(tracked.handle.job.id)
 
     async def _housekeeping(self) -> None:
-        """Set the cancel keys of jobs nobody waits for any more, and delete finished events streams."""
+        """Withdraw jobs whose submit outcome was unknown, set the cancel keys of jobs nobody waits for any more,
+        and delete finished events streams. What Redis did not get is kept for the next round."""
+        withdrawn = 0
+        try:
+            for job_id in self._withdrawals:
+                outcome = await self._withdraw(keys=[self.keys.jobs, self.keys.job(job_id), self.keys.cancel(job_id)],
+                                               args=[self.keys.group, self._keys_ttl_s])
+                withdrawn += 1
+                self._unlinks.append(self.keys.events(job_id))
+                log.info("job %s: its submit got no answer; withdrawn (%s)", job_id[:8],
+                         ("it was not queued", "deleted from the queue", "its worker stops it")[int(outcome)])
+        except RedisError:
+            raise_if_cancelled()
+            return
+        finally:
+            del self._withdrawals[:withdrawn]
         cancels, unlinks = self._cancels[:], self._unlinks[:]
         pipe = self._redis.pipeline(transaction=False)
         for job_id in cancels:
-            pipe.set(self.keys.cancel(job_id), 1, ex=int(self.settings.job_deadline_s + EVENTS_GRACE_S))
+            pipe.set(self.keys.cancel(job_id), 1, ex=self._keys_ttl_s)
         if unlinks:
             pipe.unlink(*unlinks)
         try:
             await pipe.execute()
         except RedisError:
             raise_if_cancelled()
-            return  # kept for the next round
+            return
         del self._cancels[:len(cancels)]
         del self._unlinks[:len(unlinks)]
 
@@ -611,7 +694,7 @@ class RedisSubmitter:
         self._changed.set()
         if self._reader is not None:
             await _finish_tasks([self._reader], READ_BLOCK_MS / 1000 + 1)
-        if self._cancels or self._unlinks:
+        if self._cancels or self._unlinks or self._withdrawals:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._housekeeping(), 2.0)
         await self._redis.aclose()
@@ -654,8 +737,9 @@ class _Run:
 class RedisWorker:
     """An engine host (``engbot worker``): claims jobs for its local Engine and streams their events back.
 
-    Claims only as many jobs as it has free replicas (XREADGROUP COUNT), refreshes its claims while they run,
-    and takes over the jobs of hosts that stopped refreshing theirs for REDIS_VISIBILITY_TIMEOUT_S.
+    Claims only as many jobs as its engine answers at once (NUM_WORKERS replicas x PARALLEL_SLOTS; XREADGROUP
+    COUNT), refreshes its claims while they run, and takes over the jobs of hosts that stopped refreshing theirs for
+    REDIS_VISIBILITY_TIMEOUT_S.
     """
 
     name = "redis"  # for /readyz
@@ -664,8 +748,10 @@ class RedisWorker:
                  consumer: str | None = None) -> None:
         self.settings = settings
         self.engine = Engine(engine_settings)
-        self.capacity = len(self.engine.replicas)
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.capacity = self.engine.capacity  # answers at once
+        # unique per process even where host names and process ids repeat (containers with host networking, each
+        # PID 1; a restarted container): ownership checks compare consumer names
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.keys = Keys(settings.key_prefix)
         self._redis = connect(settings.redis_url)
         self._write_events = self._redis.register_script(WRITE_EVENTS)
@@ -712,8 +798,9 @@ class RedisWorker:
             raise
         self._loops = [asyncio.create_task(self._claim_loop(), name="engbot-redis-claims"),
                        asyncio.create_task(self._refresh_loop(), name="engbot-redis-refresh")]
-        log.info("worker %s takes jobs from %s (%d replicas, visibility timeout %g s)", self.consumer,
-                 self.settings.redis_url_masked, self.capacity, self.settings.visibility_timeout_s)
+        log.info("worker %s takes up to %d jobs at once from %s (%d replicas x %d slots, visibility timeout %g s)",
+                 self.consumer, self.capacity, self.settings.redis_url_masked, self.engine.settings.num_workers,
+                 self.engine.settings.parallel_slots, self.settings.visibility_timeout_s)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: claim nothing more, let running jobs finish for up to ``grace_s`` (SHUTDOWN_GRACE_S), then hand

@@ -45,7 +45,9 @@ def make_backend(settings: EngineSettings) -> Backend | BatchedLlama:
             settings.model_path,
             model_type=settings.model_type,
             lib=settings.llm_lib,
-            threads=settings.num_threads,
+            # (its thread count is fixed at load: with NUM_THREADS=auto, an equal share of the CPUs)
+            threads=max(1, settings.num_threads // settings.num_workers) if settings.adaptive_threads
+            else settings.num_threads,
             context_length=settings.context_length,
         )
     if settings.parallel_slots > 1:
@@ -56,7 +58,24 @@ def make_backend(settings: EngineSettings) -> Backend | BatchedLlama:
                            kv_cache_type=settings.kv_cache_type, flash_attn=settings.flash_attn)
 
 
-def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel: Any) -> None:
+class ThreadShare:
+    """NUM_THREADS=auto: this replica's share of the CPUs, by how many replicas generate at the moment (a shared
+    integer the engine keeps). One replica alone uses every CPU; two busy replicas use half each. Checked
+    before every decode, so a replica that starts or ends an answer changes the others' share within a token."""
+
+    def __init__(self, backend: Any, settings: EngineSettings, busy: Any) -> None:
+        self._set = getattr(backend, "set_threads", None) if settings.adaptive_threads and busy is not None else None
+        self._busy, self._cpus, self.current = busy, settings.num_threads, settings.num_threads
+
+    def update(self) -> None:
+        if self._set is not None:
+            threads = max(1, self._cpus // max(1, self._busy.value))
+            if threads != self.current:
+                self._set(threads)
+                self.current = threads
+
+
+def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel: Any, busy: Any = None) -> None:
     """Entry point of a replica process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
@@ -75,15 +94,16 @@ def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel:
         conn.send(("load_failed", f"loading {settings.model_path} failed: {exc}"))
         return
     conn.send(("ready", replace(info, detail=f"{info.detail} template={name}".strip())))
+    threads = ThreadShare(backend, settings, busy)
     if isinstance(backend, BatchedLlama):
-        _serve_batched(backend, info, template, settings, conn)
+        _serve_batched(backend, info, template, settings, conn, threads)
     else:
-        _serve(backend, info, template, settings, conn, cancel)
+        _serve(backend, info, template, settings, conn, cancel, threads)
     backend.close()
 
 
 def _serve(backend: Backend, info: ModelInfo, template: Any, settings: EngineSettings,
-           conn: Connection, cancel: Any) -> None:
+           conn: Connection, cancel: Any, threads: ThreadShare) -> None:
     while True:
         try:
             msg = conn.recv()
@@ -94,7 +114,7 @@ def _serve(backend: Backend, info: ModelInfo, template: Any, settings: EngineSet
         if msg[0] == "cancel":  # for a job that already ended
             continue
         _, seq, turns, system_prompt, params, timeout_s = msg
-        _run_job(backend, info, template, settings, conn, cancel, seq, turns, system_prompt, params, timeout_s)
+        _run_job(backend, info, template, conn, cancel, threads, seq, turns, system_prompt, params, timeout_s)
 
 
 def _prepare(backend: Model, info: ModelInfo, template: Any, conn: Connection, seq: int,
@@ -117,8 +137,8 @@ def _prepare(backend: Model, info: ModelInfo, template: Any, conn: Connection, s
     return tokens, stop, params, dropped
 
 
-def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineSettings, conn: Connection,
-             cancel: Any, seq: int, turns: tuple[Turn, ...], system_prompt: str, params: GenParams,
+def _run_job(backend: Backend, info: ModelInfo, template: Any, conn: Connection, cancel: Any,
+             threads: ThreadShare, seq: int, turns: tuple[Turn, ...], system_prompt: str, params: GenParams,
              timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     prepared = _prepare(backend, info, template, conn, seq, turns, system_prompt, params)
@@ -128,7 +148,8 @@ def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineS
     cached = backend.cached_prefix(tokens) if isinstance(backend, LlamaCppBackend) else 0
     conn.send(("started", seq, len(tokens), dropped, cached))
 
-    def interrupt() -> str | None:
+    def interrupt() -> str | None:  # after every token
+        threads.update()
         if cancel.value == seq:
             return "cancelled"
         if time.monotonic() > deadline:
@@ -141,6 +162,7 @@ def _run_job(backend: Backend, info: ModelInfo, template: Any, settings: EngineS
         pieces.append(text)
         conn.send(("piece", seq, text))
 
+    threads.update()
     try:
         result = generate_text(backend, tokens, params, stop, emit, interrupt)
     except Exception as exc:
@@ -172,7 +194,7 @@ class _Running:
 
 
 def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settings: EngineSettings,
-                   conn: Connection) -> None:
+                   conn: Connection, threads: ThreadShare) -> None:
     """Answer up to PARALLEL_SLOTS jobs at once: read new jobs and cancels between steps, decode all running
     sequences in one batch per step."""
     free = list(range(settings.parallel_slots))
@@ -222,6 +244,7 @@ def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settin
                 finish(job, "timeout")
         if not running:
             continue
+        threads.update()
         try:
             produced = backend.step()
         except Exception as exc:

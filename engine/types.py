@@ -26,7 +26,7 @@ class GenParams:
     """Sampling settings of one generation. ``temperature == 0`` is greedy decoding."""
 
     max_new_tokens: int = 512
-    temperature: float = 0.2
+    temperature: float = 0.0
     top_p: float = 0.95
     top_k: int = 40
     repeat_penalty: float = 1.1

@@ -163,6 +163,8 @@ class FakeDiscord:
         self.callbacks: list[Payload] = []  # interaction responses: {"type": 4|5, "data": {...}}
         self.commands: list[Payload] = []
         self.threads: list[Payload] = []
+        self.deleted: list[Payload] = []  # messages removed with DELETE
+        self.members: dict[str, Payload] = {}  # user id -> guild member (GET /guilds/{id}/members/{user})
         self._faults: list[tuple[str, re.Pattern[str], int, float]] = []
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = itertools.count(1)
@@ -173,12 +175,15 @@ class FakeDiscord:
                 ("PUT", r"/applications/\d+(?:/guilds/\d+)?/commands", self._sync),
                 ("POST", r"/interactions/(\d+)/([^/]+)/callback", self._callback),
                 ("PATCH", r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", self._webhook_edit),
+                ("DELETE", r"/webhooks/\d+/([^/]+)/messages/(@original|\d+)", self._webhook_delete),
                 ("POST", r"/webhooks/\d+/([^/]+)", self._followup),
                 ("POST", r"/channels/(\d+)/messages", self._post),
                 ("PATCH", r"/channels/(\d+)/messages/(\d+)", self._edit),
+                ("DELETE", r"/channels/(\d+)/messages/(\d+)", self._delete),
                 ("GET", r"/channels/(\d+)/messages", self._history),
                 ("GET", r"/channels/(\d+)/messages/(\d+)", self._get),
                 ("POST", r"/channels/(\d+)/messages/(\d+)/threads", self._create_thread),
+                ("GET", rf"/guilds/{GUILD_ID}/members/(\d+)", self._member),
             )
         ]
         app = web.Application()
@@ -325,6 +330,15 @@ class FakeDiscord:
             message_id = callback["message_id"]
         return self._update(message_id, body)
 
+    async def _webhook_delete(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        token, message_id = match.groups()
+        if message_id == "@original":
+            callback = self.callback_for(self.interactions[token])
+            if callback is None:
+                return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
+            message_id = callback["message_id"]
+        return self._remove(message_id)
+
     async def _followup(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         source = self.interactions[match.group(1)]
         msg = self._store(message(int(source["channel_id"]), body.get("content", ""), BOT,
@@ -344,15 +358,24 @@ class FakeDiscord:
     async def _edit(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         return self._update(match.group(2), body)
 
+    async def _delete(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        return self._remove(match.group(2))
+
     async def _history(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         before = int(request.query.get("before", 1 << 63))
         limit = int(request.query.get("limit", 50))
         older = [m for m in self.messages(match.group(1)) if int(m["id"]) < before]
-        return _json(list(reversed(older))[:limit])  # newest first, as Discord sends them
+        return _json([_rest_message(m) for m in reversed(older)][:limit])  # newest first, as Discord sends them
 
     async def _get(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         found = self._find(match.group(2))
-        return _json(found) if found else _json({"message": "Unknown Message", "code": 10008}, status=404)
+        if found is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        return _json(_rest_message(found))
+
+    async def _member(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        found = self.members.get(match.group(1))
+        return _json(found) if found else _json({"message": "Unknown Member", "code": 10007}, status=404)
 
     async def _create_thread(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         channel_id, message_id = match.groups()
@@ -369,10 +392,20 @@ class FakeDiscord:
     def _store(self, msg: Payload) -> Payload:
         if self._find(msg["id"]) is None:  # a dispatch sent twice is still one message
             self.channels.setdefault(msg["channel_id"], []).append(msg)
+        if "member" in msg:  # the server's members, as far as the test has shown them
+            self.members[msg["author"]["id"]] = {**msg["member"], "user": msg["author"]}
         return msg
 
     def _find(self, message_id: str) -> Payload | None:
         return next((m for msgs in self.channels.values() for m in msgs if m["id"] == message_id), None)
+
+    def _remove(self, message_id: str) -> web.StreamResponse:
+        found = self._find(message_id)
+        if found is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        self.channels[found["channel_id"]].remove(found)
+        self.deleted.append(found)
+        return web.Response(status=204)
 
     def _update(self, message_id: str, body: Any) -> web.StreamResponse:
         found = self._find(message_id)
@@ -412,6 +445,12 @@ class FakeDiscord:
                     })
                     await self.dispatch("GUILD_CREATE", guild())
         return ws
+
+
+def _rest_message(msg: Payload) -> Payload:
+    """A message as REST returns it: the author's ``member`` (and with it their roles) is sent on the gateway
+    only."""
+    return {k: v for k, v in msg.items() if k not in ("member", "edits")}
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -5,8 +5,9 @@
 ``engbot run`` refuses to start without a Slack or Discord token (exit 2, unchanged for users). This runs the
 real command (settings, engine, HTTP endpoints, signal handling, graceful shutdown) and replaces only the
 adapter discovery: the one adapter is "connected" at once and, if ``FAKE_PLATFORM_QUESTION`` is set, asks that
-question when it starts and logs how the answer ended. It lives under tests/ and is not part of the image; the
-container smoke run mounts it (tests/docker/compose.fake-platform.yml).
+question when it starts and logs how the answer ended. With QUEUE_BACKEND=redis the question goes through Redis to
+the ``engbot worker`` hosts. It lives under tests/ and is not part of the image; the container smoke runs mount
+it (tests/docker/compose.fake-platform.yml, tests/docker/compose.scale-fake-platform.yml).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class FakePlatform:
         self.calls.append("start")
         self._connected = True
         if self.question:
-            self.handle = self.engine.submit(Job.ask(self.question, params=self.params, platform=self.name))
+            self.handle = await self.engine.asubmit(Job.ask(self.question, params=self.params, platform=self.name))
             self._follower = asyncio.create_task(self._follow(self.handle))
 
     async def _follow(self, handle: JobHandle) -> None:

@@ -8,8 +8,9 @@
         final = await slack.wait_final(event["ts"])    # the bot's last message in that thread, once it settles
 
 It keeps channels' messages so ``conversations.replies`` answers from what was said, records every request
-(``calls``) and every envelope ack (``acks``), echoes the bot's own posts back as events like Slack does, and can
-fail chosen calls (``fail``) or drop the socket (``drop_socket``).
+(``calls``) and every envelope ack (``acks``), echoes the bot's own posts back as events like Slack does, refuses
+texts longer than ``max_text`` (``msg_too_long``), and can fail chosen calls (``fail``: an error status, or a
+dropped connection; before or after doing what was asked) or drop the socket (``drop_socket``).
 """
 
 from __future__ import annotations
@@ -47,17 +48,20 @@ class Failure:
     status: int
     error: str
     retry_after: float | None
+    acted: bool  # the call took effect before the failure (the client cannot tell)
+    disconnect: bool  # no answer at all: the connection is closed
 
 
 class FakeSlack:
     """See the module docstring."""
 
     def __init__(self, *, bot_user_id: str = "UBOT", bot_id: str = "BBOT", team_id: str = "T0001",
-                 echo_bot_messages: bool = True) -> None:
+                 echo_bot_messages: bool = True, max_text: int = 4000) -> None:
         self.bot_token = "xoxb-1111-2222-fake"
         self.app_token = "xapp-1-A0001-3333-fake"
         self.bot_user_id, self.bot_id, self.team_id = bot_user_id, bot_id, team_id
         self.echo_bot_messages = echo_bot_messages
+        self.max_text = max_text
         self.calls: list[Call] = []
         self.acks: dict[str, float] = {}  # envelope id -> when its ack arrived
         self.pushed: dict[str, float] = {}  # envelope id -> when it was sent
@@ -106,21 +110,29 @@ class FakeSlack:
     # ---- what tests arrange ----
 
     def fail(self, method: str, *, status: int = 429, error: str = "ratelimited", retry_after: float | None = 1,
-             times: int = 1) -> None:
-        """Answer the next ``times`` calls of ``method`` with an error status (and Retry-After)."""
+             times: int = 1, acted: bool = False, disconnect: bool = False) -> None:
+        """Answer the next ``times`` calls of ``method`` with an error status (and Retry-After), or close the
+        connection without an answer (``disconnect``). With ``acted`` the call takes effect first, as when Slack
+        posted a message but failed on the way back."""
         for _ in range(times):
-            self._failures[method].append(Failure(status, error, retry_after))
+            self._failures[method].append(Failure(status, error, retry_after, acted, disconnect))
 
     def next_ts(self) -> str:
         return f"{1_700_000_000 + next(_CLOCK)}.000100"
 
     def user_says(self, text: str, *, channel: str = "C0001", user: str = "U0001", thread_ts: str | None = None,
                   channel_type: str = "channel", files: list[dict[str, Any]] | None = None,
-                  event_type: str = "message") -> dict[str, Any]:
-        """Store a person's message in the channel and return its event, as Slack would send it."""
+                  event_type: str = "message", name: str | None = None) -> dict[str, Any]:
+        """Store a person's message in the channel and return its event, as Slack would send it. With ``name``
+        the message carries the author's profile, as Slack adds it to messages people post."""
         ts = self.next_ts()
         message: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts, "team": self.team_id,
                                    "client_msg_id": str(uuid.uuid4())}
+        if name:
+            message["user_profile"] = {"avatar_hash": "g0", "image_72": "https://example.com/a.png",
+                                       "first_name": name, "real_name": f"{name} Example", "display_name": name,
+                                       "team": self.team_id, "name": name.lower(), "is_restricted": False,
+                                       "is_ultra_restricted": False}
         if thread_ts:
             message["thread_ts"] = thread_ts
         if files:
@@ -243,10 +255,9 @@ class FakeSlack:
         self.calls.append(Call(method, args, token))
         self._changed.set()
         failures = self._failures.get(method)
-        if failures:
-            failure = failures.popleft()
-            headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
-            return web.json_response({"ok": False, "error": failure.error}, status=failure.status, headers=headers)
+        failure = failures.popleft() if failures else None
+        if failure is not None and not failure.acted:
+            return self._failure(request, failure)
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != expected:
@@ -254,7 +265,18 @@ class FakeSlack:
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
         result: dict[str, Any] = await handler(args)
+        if failure is not None:
+            return self._failure(request, failure)
         return web.json_response(result)
+
+    @staticmethod
+    def _failure(request: web.Request, failure: Failure) -> web.Response:
+        if failure.disconnect:
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError  # what aiohttp does to a handler whose client went away
+        headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
+        return web.json_response({"ok": False, "error": failure.error}, status=failure.status, headers=headers)
 
     async def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "engbot",
@@ -268,10 +290,17 @@ class FakeSlack:
         channel, text = str(args.get("channel", "")), str(args.get("text", ""))
         if not channel:
             return {"ok": False, "error": "channel_not_found"}
+        if len(text) > self.max_text:
+            return {"ok": False, "error": "msg_too_long"}
         message: dict[str, Any] = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id,
                                    "text": text, "ts": self.next_ts(), "team": self.team_id}
         if args.get("thread_ts"):
             message["thread_ts"] = str(args["thread_ts"])
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):  # a form-encoded call sends it as JSON text
+            metadata = json.loads(metadata)
+        if isinstance(metadata, dict):
+            message["metadata"] = metadata
         self.messages[channel].append(message)
         if self.echo_bot_messages and self._socket_ready.is_set():
             self._echo(self.event_for(message, channel))
@@ -279,7 +308,7 @@ class FakeSlack:
 
     async def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, ts, text = str(args.get("channel")), str(args.get("ts")), str(args.get("text", ""))
-        if len(text) > 4000:
+        if len(text) > self.max_text:
             return {"ok": False, "error": "msg_too_long"}
         for message in self.messages[channel]:
             if message["ts"] == ts:
@@ -292,10 +321,23 @@ class FakeSlack:
                 return {"ok": True, "channel": channel, "ts": ts, "text": text}
         return {"ok": False, "error": "message_not_found"}
 
+    async def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(args.get("channel")), str(args.get("ts"))
+        for message in self.messages[channel]:
+            if message["ts"] == ts:
+                self.messages[channel].remove(message)
+                if self.echo_bot_messages and self._socket_ready.is_set():
+                    self._echo({"type": "message", "subtype": "message_deleted", "hidden": True, "channel": channel,
+                                "ts": self.next_ts(), "deleted_ts": ts, "previous_message": message})
+                return {"ok": True, "channel": channel, "ts": ts}
+        return {"ok": False, "error": "message_not_found"}
+
     async def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
         thread = self.thread(str(args.get("ts")), str(args.get("channel")))
         if not thread:
             return {"ok": False, "error": "thread_not_found"}
+        if str(args.get("include_all_metadata")).lower() not in ("1", "true"):
+            thread = [{k: v for k, v in m.items() if k != "metadata"} for m in thread]
         limit = int(args.get("limit") or 1000)
         start = int(args.get("cursor") or 0)
         page = thread[start:start + limit]

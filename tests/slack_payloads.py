@@ -221,7 +221,11 @@ REPLIES = {
     "messages": [
         {"type": "message", "user": "U061F7AUR", "text": f"<@{BOT_USER}> What is a closure in "
          "<https://python.org|Python>?", "thread_ts": "1515449483.000108", "reply_count": 3,
-         "ts": "1515449483.000108"},
+         "ts": "1515449483.000108", "client_msg_id": "7e4e6ac0-7d0f-4d6b-9b45-3f0f4bb0c6c1",
+         "user_profile": {"avatar_hash": "g0a1b2c3d4e5", "image_72": "https://secure.gravatar.com/avatar/x.jpg",
+                          "first_name": "Ann", "real_name": "Ann Example", "display_name": "ann.e",
+                          "team": "T061EG9R6", "name": "ann", "is_restricted": False,
+                          "is_ultra_restricted": False}},
         {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "app_id": "A0MDYCDME",
          "text": "A *closure* is a function that remembers variables from its enclosing scope.",
          "thread_ts": "1515449483.000108", "ts": "1515449484.000109"},

@@ -27,6 +27,12 @@ def test_ask_streams_an_answer(tmp_path: Path) -> None:
     assert len(proc.stdout.strip()) > 5 and proc.stderr == ""
 
 
+def test_the_quick_start_question_gets_the_same_answer_every_time(tmp_path: Path) -> None:
+    # the README's first command, with default settings: no dice roll between a good and a bad answer
+    answers = {engbot("ask", "What is the capital of France?", cwd=tmp_path).stdout for _ in range(3)}
+    assert len(answers) == 1 and len(answers.pop().strip()) > 5
+
+
 def test_ask_empty_question_and_run_without_platforms(tmp_path: Path) -> None:
     proc = engbot("ask", " ", cwd=tmp_path)
     assert proc.returncode == 2 and "empty" in proc.stderr

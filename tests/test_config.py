@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD = [
     ({"NUM_WORKERS": "0"}, "NUM_WORKERS", "from 1 to 64"),
     ({"NUM_WORKERS": "two"}, "NUM_WORKERS", "whole number"),
-    ({"NUM_THREADS": "-1"}, "NUM_THREADS", "from 1"),
+    ({"NUM_THREADS": "-1"}, "NUM_THREADS", "auto or a whole number from 1"),
+    ({"NUM_WORKERS": "many"}, "NUM_WORKERS", "auto or a whole number"),
     ({"LLM_LIB": "fast"}, "LLM_LIB", "auto, avx2, avx, basic"),
     ({"MODEL_BACKEND": "torch"}, "MODEL_BACKEND", "auto, llama_cpp, ctransformers"),
     ({"MODEL_TYPE": "bert"}, "MODEL_TYPE", "gpt_neox"),
@@ -76,6 +78,16 @@ def test_defaults_and_valid_values(model_path: Path) -> None:
                                      "SYSTEM_PROMPT": "", "PROMPT_TEMPLATE": "ChatML"})
     assert (s.num_workers, s.load_on_fly, s.defaults.temperature, s.system_prompt, s.prompt_template) == (
         3, True, 0.0, "", "chatml")
+
+
+def test_adaptive_threads_share_the_cpus_this_process_may_use() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    s = EngineSettings.from_environ({"NUM_THREADS": "auto"})
+    assert s.adaptive_threads and s.num_threads == cpus and s.num_workers == min(2, cpus)
+    s = EngineSettings.from_environ({"NUM_THREADS": "auto", "NUM_WORKERS": "auto"})
+    assert s.num_workers == cpus
+    s = EngineSettings.from_environ({"NUM_THREADS": "2", "NUM_WORKERS": "auto"})
+    assert not s.adaptive_threads and s.num_workers == max(1, cpus // 2)
 
 
 def test_oversubscription_warns(caplog: pytest.LogCaptureFixture) -> None:

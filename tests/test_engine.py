@@ -96,6 +96,18 @@ def fill_slots(engine: Engine, n: int) -> list[JobHandle]:
     return [engine.submit(Job.ask(f"Tell me a long story number {i}.", params=LONG)) for i in range(n)]
 
 
+async def test_adaptive_threads_give_the_same_answers(engine_factory: EngineFactory) -> None:
+    fixed = await engine_factory(NUM_WORKERS=2)
+    expected = [(await fixed.submit(Job.ask(q, params=GREEDY)).result()) for q in QUESTIONS[:4]]
+    await fixed.stop(grace_s=0)
+    adaptive = await engine_factory(NUM_WORKERS=2, NUM_THREADS="auto")
+    assert adaptive.settings.adaptive_threads
+    # alone (one replica uses every CPU), then together (the shares change in the middle of answers)
+    results = [await adaptive.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result()]
+    results += await asyncio.gather(*(adaptive.submit(Job.ask(q, params=GREEDY)).result() for q in QUESTIONS[1:4]))
+    assert [r.text for r in results] == [e.text for e in expected]  # type: ignore[union-attr]
+
+
 async def test_queue_full_is_raised_at_once_and_positions_move(engine_factory: EngineFactory,
                                                                parallel_slots: int) -> None:
     engine = await engine_factory(QUEUE_MAX_SIZE=2)

@@ -7,6 +7,7 @@ The workers are shared by the module (each loads the model once); tests run in f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -20,12 +21,15 @@ from redis import Redis
 
 from engbot.app import make_engine
 from engbot.http import make_app, readiness
-from engine.config import QueueSettings
+from engine.config import EngineSettings, QueueSettings
 from engine.engine import JobHandle
 from engine.errors import ConfigError, DuplicateJob, EngineClosed, QueueFull
 from engine.redis_queue import (
+    SUBMIT,
+    SUBMIT_ATTEMPTS,
     Keys,
     RedisSubmitter,
+    RedisWorker,
     event_from_wire,
     event_to_wire,
     job_from_json,
@@ -33,7 +37,7 @@ from engine.redis_queue import (
     merge_text,
 )
 from engine.types import Done, Event, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
-from tests.redis_fixtures import ROOT, RedisServer, WorkerProcess, free_port
+from tests.redis_fixtures import ROOT, FaultyRedisProxy, RedisServer, WorkerProcess, free_port
 
 VISIBILITY_S = 2
 GREEDY = GenParams(max_new_tokens=16, temperature=0.0, repeat_penalty=1.0)
@@ -41,7 +45,10 @@ LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1)  # runs for many 
 STEADY = GenParams(max_new_tokens=120, temperature=0.0, repeat_penalty=1.0)  # a few seconds, then stops
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 + 2?", "Name a primary colour."]
 
+SUBMIT_SHA = hashlib.sha1(SUBMIT.encode()).hexdigest().encode()  # what EVALSHA of the submit script sends
+
 SubmitterFactory = Callable[..., Awaitable[RedisSubmitter]]
+ProxyFactory = Callable[..., Awaitable[FaultyRedisProxy]]
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +62,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="module")
 def workers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[WorkerProcess]]:
     logs = tmp_path_factory.mktemp("workers")
+    # one answer at a time per host, so tests know which jobs run and which wait
     env = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "NUM_WORKERS": "1", "NUM_THREADS": "1",
-           "TEMPERATURE": "0", "MAX_NEW_TOKENS": "16", "REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
-           "SHUTDOWN_GRACE_S": "2"}
+           "PARALLEL_SLOTS": "1", "TEMPERATURE": "0", "MAX_NEW_TOKENS": "16",
+           "REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S), "SHUTDOWN_GRACE_S": "2"}
     procs = [WorkerProcess(env, logs / f"worker{i}.log") for i in range(2)]
     try:
         for proc in procs:
@@ -66,6 +74,24 @@ def workers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory)
     finally:
         for proc in procs:
             proc.stop()
+
+
+@pytest.fixture
+async def proxies(redis_server: RedisServer) -> AsyncIterator[ProxyFactory]:
+    """Start proxies in front of the module's Redis, by default losing the reply to one submit (ask for this
+    fixture before ``submitters``: the proxies outlive the submitters using them)."""
+    started: list[FaultyRedisProxy] = []
+
+    async def start(trigger: bytes = SUBMIT_SHA, drops: int = 1, hold: asyncio.Event | None = None
+                    ) -> FaultyRedisProxy:
+        proxy = FaultyRedisProxy(redis_server.port, trigger, drops, hold)
+        await proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        await proxy.stop()
 
 
 @pytest.fixture
@@ -97,10 +123,17 @@ async def collect(handle: JobHandle, timeout: float = 60.0) -> list[Event]:
 
 
 def owner_of(server: RedisServer, keys: Keys, procs: list[WorkerProcess]) -> WorkerProcess:
-    """The worker process holding the only pending job (consumer names end with the process id)."""
+    """The worker process holding the only pending job (consumer names are <host>-<process id>-<random>)."""
     with redis_client(server) as r:
         owner = r.xpending_range(keys.jobs, keys.group, "-", "+", 10)[0]["consumer"]
-    return next(p for p in procs if owner.endswith(f"-{p.pid}"))
+    return next(p for p in procs if owner.rsplit("-", 2)[1] == str(p.pid))
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
 
 
 def answer_of_last_attempt(events: list[Event]) -> str:
@@ -199,6 +232,37 @@ async def test_the_reader_follows_the_latest_attempt_only(submitters: SubmitterF
     assert answer_of_last_attempt(events) == "new text" == events[-1].text  # type: ignore[union-attr]
 
 
+async def test_a_submit_without_a_reply_is_withdrawn(proxies: ProxyFactory, submitters: SubmitterFactory,
+                                                    redis_server: RedisServer) -> None:
+    # no worker serves this prefix: without the withdrawal the job would stay queued, holding the only place
+    keys, bound = Keys("lost:"), {"REDIS_KEY_PREFIX": "lost:", "REDIS_MAX_PENDING": 1}
+    proxy = await proxies(drops=100)
+    lossy = await submitters(REDIS_URL=proxy.url, **bound)
+    job = Job.ask("hi")
+    with pytest.raises(EngineClosed):  # Redis queued it, but no reply came back, to any attempt
+        await lossy.asubmit(job)
+    assert proxy.dropped == SUBMIT_ATTEMPTS
+    with redis_client(redis_server) as r:
+        await wait_until(lambda: r.xlen(keys.jobs) == 0)  # withdrawn by the adapter, which still reaches Redis
+        assert r.get(keys.job(job.id)) == "withdrawn"
+        direct = await submitters(**bound)
+        with pytest.raises(EngineClosed):  # the same job again (as a late copy of the submit would): still withdrawn
+            await direct.asubmit(job)
+        assert r.xlen(keys.jobs) == 0
+        # the same while the caller gives up (cancelled) during the submit: Redis ran it, its reply is held
+        hold = asyncio.Event()
+        held = await submitters(REDIS_URL=(await proxies(hold=hold)).url, **bound)
+        task = asyncio.create_task(held.asubmit(Job.ask("hello")))
+        await wait_until(lambda: r.xlen(keys.jobs) == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        hold.set()
+        await wait_until(lambda: r.xlen(keys.jobs) == 0)
+    handle = await direct.asubmit(Job.ask("the place is free"))  # not QueueFull
+    handle.cancel()
+
+
 # ---------------------------------------------------------------------------------------- with workers
 
 
@@ -243,6 +307,41 @@ async def test_a_duplicate_event_is_refused_across_adapter_processes(workers: li
     assert isinstance(await asyncio.wait_for(handle.result(), 60), Done)
 
 
+async def test_a_lost_submit_reply_is_retried_without_queueing_the_job_twice(
+        workers: list[WorkerProcess], proxies: ProxyFactory, submitters: SubmitterFactory,
+        redis_server: RedisServer) -> None:
+    proxy = await proxies(drops=1)
+    submitter = await submitters(REDIS_URL=proxy.url)
+    handle = await submitter.asubmit(Job.ask(QUESTIONS[2], params=GREEDY))  # no "unavailable": it was queued
+    assert proxy.dropped == 1  # Redis ran the first submit; its reply was lost
+    events = await collect(handle)
+    assert [e.attempt for e in events if isinstance(e, Started)] == [1] and isinstance(events[-1], Done)
+    with redis_client(redis_server) as r:  # every entry acknowledged: whatever ran, ran to its end
+        await wait_until(lambda: r.xlen(Keys("engbot:").jobs) == 0, timeout=30)
+    # answered once: each run of a job logs one "job <id> platform=... outcome=..." line on its host
+    assert sum(proc.log.count(f"job {handle.job.id[:8]} platform=") for proc in workers) == 1
+
+
+async def test_a_withdrawn_job_stops_on_its_worker(workers: list[WorkerProcess], proxies: ProxyFactory,
+                                                   submitters: SubmitterFactory, redis_server: RedisServer) -> None:
+    hold = asyncio.Event()
+    proxy = await proxies(drops=SUBMIT_ATTEMPTS, hold=hold)
+    submitter = await submitters(REDIS_URL=proxy.url)
+    job = Job.ask("Tell me a long story about a lighthouse.", params=LONG)
+    task = asyncio.create_task(submitter.asubmit(job))
+    keys = Keys("engbot:")
+    with redis_client(redis_server) as r:
+        # Redis queued the job and a worker is answering it while the submit's reply is held; then it is lost,
+        # and so are the replies to the retries
+        await wait_until(lambda: r.xlen(keys.events(job.id)) > 0)
+        hold.set()
+        with pytest.raises(EngineClosed):
+            await task
+        await wait_until(lambda: r.xlen(keys.jobs) == 0, timeout=30)
+    runner = next(proc for proc in workers if f"job {job.id[:8]} platform=" in proc.log)
+    assert f"job {job.id[:8]} platform=cli outcome=cancelled" in runner.log
+
+
 async def test_the_deadline_stops_running_and_waiting_jobs(workers: list[WorkerProcess],
                                                            submitters: SubmitterFactory) -> None:
     # a long margin: the "timeout" events must come from the workers, not from the handles giving up
@@ -263,6 +362,30 @@ async def test_the_deadline_stops_running_and_waiting_jobs(workers: list[WorkerP
     handles = [await quick.asubmit(Job.ask(q, params=GREEDY)) for q in QUESTIONS[:2]]
     done = await asyncio.gather(*(collect(handle, 30) for handle in handles))
     assert all(isinstance(events[-1], Done) for events in done)
+
+
+async def test_a_worker_runs_as_many_jobs_at_once_as_its_engine_has_slots(
+        redis_server: RedisServer, submitters: SubmitterFactory, tmp_path: Path) -> None:
+    env = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": "slots:",
+           "NUM_WORKERS": "1", "NUM_THREADS": "1", "PARALLEL_SLOTS": "2"}
+    proc = WorkerProcess(env, tmp_path / "slots.log")
+    try:
+        await asyncio.to_thread(proc.wait_ready)
+        submitter = await submitters(REDIS_KEY_PREFIX="slots:")
+        handles = [await submitter.asubmit(Job.ask(q, params=STEADY))
+                   for q in ("Explain how a bicycle works.", "Describe the water cycle.")]
+        seen: list[Event] = []  # both jobs' events, in the order they arrived
+
+        async def follow(handle: JobHandle) -> None:
+            async for event in handle:
+                seen.append(event)
+
+        await asyncio.wait_for(asyncio.gather(*(follow(h) for h in handles)), 60)
+    finally:
+        proc.stop()
+    finals = [i for i, e in enumerate(seen) if isinstance(e, Done | Failed)]
+    assert len(finals) == 2 and all(isinstance(seen[i], Done) for i in finals), seen[-1]
+    assert sum(isinstance(e, Started) for e in seen[:finals[0]]) == 2  # both answered at once by one replica
 
 
 async def test_a_stopping_worker_hands_its_job_back(redis_server: RedisServer, submitters: SubmitterFactory,
@@ -292,6 +415,48 @@ async def test_a_stopping_worker_hands_its_job_back(redis_server: RedisServer, s
     finally:
         for proc in procs:
             proc.stop()
+
+
+async def test_a_host_cut_off_from_redis_writes_nothing_after_a_takeover(
+        redis_server: RedisServer, proxies: ProxyFactory, submitters: SubmitterFactory) -> None:
+    # two hosts in this process (one host name and process id, as two containers with host networking would
+    # have); the first one reaches Redis through a proxy, which then cuts it off while it answers
+    proxy = await proxies(drops=0)
+    queue = {"QUEUE_BACKEND": "redis", "REDIS_KEY_PREFIX": "cut:", "REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S)}
+    engine = EngineSettings.from_environ({"NUM_WORKERS": "1", "NUM_THREADS": "1", "PARALLEL_SLOTS": "1"})
+    cut_off = RedisWorker(QueueSettings.from_environ({**queue, "REDIS_URL": proxy.url}), engine)
+    other = RedisWorker(QueueSettings.from_environ({**queue, "REDIS_URL": redis_server.url}), engine)
+    running: list[RedisWorker] = []
+    events: list[Event] = []
+
+    def attempts() -> list[int]:
+        return [e.attempt for e in events if isinstance(e, Started)]
+
+    try:
+        await cut_off.start()
+        running.append(cut_off)
+        submitter = await submitters(REDIS_KEY_PREFIX="cut:")
+        handle = await submitter.asubmit(Job.ask("Explain how a bicycle works.", params=STEADY))
+
+        async def follow() -> None:
+            async for event in handle:
+                events.append(event)
+
+        follower = asyncio.create_task(follow())
+        await wait_until(lambda: attempts() == [1])
+        proxy.pause()  # it keeps answering, but can neither write nor refresh its claim
+        await other.start()
+        running.append(other)
+        await wait_until(lambda: attempts() == [1, 2], timeout=30)  # the other host took the job over
+        proxy.resume()  # back: its next write must find that the job is no longer its own
+        await asyncio.wait_for(follower, 30)
+    finally:
+        for worker in running:
+            await worker.stop(grace_s=0)
+    finals = [e for e in events if isinstance(e, Done | Failed)]
+    assert len(finals) == 1 and isinstance(finals[0], Done), finals
+    assert finals[0].text == answer_of_last_attempt(events)
+    assert (cut_off.taken_over, other.taken_over) == (0, 1)
 
 
 async def test_a_killed_worker_s_job_is_taken_over(workers: list[WorkerProcess], submitters: SubmitterFactory,

@@ -72,6 +72,7 @@ async def test_engbot_run_answers_a_mention_and_stops_cleanly_on_sigterm(tmp_pat
             assert final.endswith(Messages.SHUTDOWN)  # the partial answer, then the note: one final reply
             assert slack.bot_token not in stderr and slack.app_token not in stderr
             assert "stopped" in stderr
+            assert "platform=slack outcome=ok" in stderr  # the per-answer line survives slack-bolt's logger set-up
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bots.base import Messages
+from bots.base import Messages, Recent
 from bots.slack_events import (
     AccessPolicy,
     BotIdentity,
@@ -18,13 +18,13 @@ from bots.slack_events import (
     MalformedEvent,
     Notice,
     Question,
-    Recent,
     SlackMessage,
     bot_in_thread,
     bot_text_for_history,
     build_job,
     decide,
     event_of,
+    find_post,
     parse_message,
     plain_text,
     post_args,
@@ -158,11 +158,34 @@ def test_the_thread_becomes_the_conversation_with_the_bot_as_assistant() -> None
     history = p.REPLIES["messages"]
     assert bot_in_thread(history, ME) and not bot_in_thread(history[:1], ME)
     turns = thread_turns(history, reply, "And generators?", ME)
+    # two people in the thread: each message says who wrote it (the profile's display name, else the user id)
+    assert turns == (
+        Turn("user", "ann.e: What is a closure in Python (https://python.org)?"),
+        Turn("assistant", "A *closure* is a function that remembers variables from its enclosing scope."),
+        Turn("user", "@U0G9QF9C6: @ann.e see also #python-help\n\nann.e: And generators?"),
+    )
+
+
+def test_one_person_and_the_bot_need_no_names() -> None:
+    reply = message(p.THREAD_REPLY)
+    alone = [m for m in p.REPLIES["messages"] if m.get("user") != "U0G9QF9C6"]
+    assert thread_turns(alone, reply, "And generators?", ME) == (
+        Turn("user", "What is a closure in Python (https://python.org)?"),
+        Turn("assistant", "A *closure* is a function that remembers variables from its enclosing scope."),
+        Turn("user", "And generators?"),
+    )
+
+
+def test_with_allowed_users_the_messages_of_anyone_else_never_reach_the_model() -> None:
+    reply = message(p.THREAD_REPLY)
+    turns = thread_turns(p.REPLIES["messages"], reply, "And generators?", ME,
+                         allowed_users=frozenset({"U061F7AUR"}))
     assert turns == (
         Turn("user", "What is a closure in Python (https://python.org)?"),
         Turn("assistant", "A *closure* is a function that remembers variables from its enclosing scope."),
-        Turn("user", "@U061F7AUR see also #python-help\n\nAnd generators?"),
+        Turn("user", "And generators?"),
     )
+    assert "python-help" not in str(turns)  # U0G9QF9C6's message is not there, nor their name
 
 
 def test_history_leaves_out_status_messages_cursors_and_failure_notes() -> None:
@@ -196,6 +219,16 @@ def test_api_arguments_put_replies_in_the_thread() -> None:
     assert post_args("C1", "1.2", "hi") == {"channel": "C1", "thread_ts": "1.2", "text": "hi",
                                             "unfurl_links": False, "unfurl_media": False}
     assert update_args("C1", "1.3", "edited") == {"channel": "C1", "ts": "1.3", "text": "edited"}
+
+
+def test_a_lost_post_is_found_in_the_thread_by_its_text_after_the_question() -> None:
+    history = p.REPLIES["messages"]
+    thinking = "1515449699.000299"
+    assert find_post(history, ME, "_Thinking…_", after="1515449495.000111") == thinking
+    assert find_post(history, ME, "_Thinking…_", after=thinking) is None  # older than the question: not ours
+    assert find_post(history, ME, "_Thinking…_", after="1515449495.000111", known=lambda ts: ts == thinking) is None
+    assert find_post(history, ME, "unrelated bot noise", after="") is None  # another bot's message
+    assert find_post(history, ME, "Something else", after="") is None
 
 
 def test_recent_forgets_after_its_ttl_and_past_its_size() -> None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bots.text import escape_slack, markdown_to_mrkdwn, split_message
+from bots.text import escape_slack, markdown_to_mrkdwn, paginate, split_message
 
 PARAGRAPHS = "\n\n".join(f"Paragraph {i}. " + "word " * 30 for i in range(6))
 CODE = "```python\n" + "".join(f"print({i})  # line {i}\n" for i in range(12)) + "```"
@@ -19,6 +19,11 @@ def code_blocks_balanced(chunk: str) -> bool:
 def letters(text: str) -> str:
     """The text without fences and whitespace: what a split must keep."""
     return re.sub(r"```\w*|\s", "", text)
+
+
+def rendered_letters(mrkdwn: str) -> str:
+    """The same for mrkdwn, where a fence never has a language tag (text may follow it at once)."""
+    return re.sub(r"```|\s", "", mrkdwn)
 
 
 def test_short_text_is_one_chunk() -> None:
@@ -69,6 +74,35 @@ def test_a_code_block_longer_than_the_limit_is_closed_and_reopened_with_its_lang
     assert all(c.rstrip().endswith("```") for c in chunks)
     lines = [line for c in chunks for line in c.splitlines() if not line.startswith("```")]
     assert lines == [f"print({i})  # line {i}" for i in range(12)]
+
+
+ESCAPES = "\n\n".join(f"Line {i}: R&D <-> Q&A, so a < b && c > d." for i in range(20))
+ESCAPED_CODE = "```c\n" + "".join(f"if (a < {i} && b > {i}) x &= {i};\n" for i in range(10)) + "```"
+
+
+@pytest.mark.parametrize("limit", [64, 150, 400])
+def test_chunks_fit_the_limit_as_rendered_for_slack(limit: int) -> None:
+    text = ESCAPES + "\n\n" + ESCAPED_CODE + "\n\nDone & dusted."
+    assert len(markdown_to_mrkdwn(text)) > 1.3 * len(text)  # Slack's escapes make it longer
+    chunks = split_message(text, limit, markdown_to_mrkdwn)
+    assert all(len(c) <= limit for c in chunks), [len(c) for c in chunks]
+    assert all(code_blocks_balanced(c) for c in chunks)
+    assert rendered_letters("\n".join(chunks)) == rendered_letters(markdown_to_mrkdwn(text))
+
+
+def test_text_that_renders_many_times_longer_is_still_cut_to_the_limit() -> None:
+    chunks = split_message("&" * 300, 64, markdown_to_mrkdwn)
+    assert all(0 < len(c) <= 64 for c in chunks) and "".join(chunks) == "&amp;" * 300
+
+
+def test_paginate_keeps_room_for_a_suffix_and_returns_the_raw_rest() -> None:
+    text = "First sentence here. Second one & more. Third, still going "
+    full, rest, shown = paginate(text, 64, markdown_to_mrkdwn)
+    assert full == [] and rest == text and shown == markdown_to_mrkdwn(text.rstrip())
+    full, rest, shown = paginate(text, 64, markdown_to_mrkdwn, reserve=20)
+    assert full and all(len(c) <= 64 for c in full) and len(shown) + 20 <= 64
+    assert rest.endswith("going ")  # the trailing space stays on the rest: the next piece continues after it
+    assert rendered_letters("".join(full) + shown) == rendered_letters(markdown_to_mrkdwn(text))
 
 
 @pytest.mark.parametrize(("markdown", "mrkdwn"), [

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import ModelInfo
-from engine.backends.llama_cpp import common_prefix, eog_tokens, load_cpu_backend
+from engine.backends.llama_cpp import common_prefix, eog_tokens, load_cpu_backend, set_threads
 from engine.errors import ModelFileError
 from engine.types import GenParams
 
@@ -110,6 +110,10 @@ class BatchedLlama:
         from llama_cpp import llama_vocab_is_eog
 
         return bool(llama_vocab_is_eog(self._model.vocab, token))
+
+    def set_threads(self, threads: int) -> None:
+        """Threads for the next steps (NUM_THREADS=auto changes it between steps)."""
+        set_threads(self._ctx.ctx, threads)
 
     @property
     def active(self) -> int:

@@ -38,6 +38,13 @@ def load_cpu_backend() -> str:
     return _mapped_cpu_variant()
 
 
+def set_threads(ctx: Any, threads: int) -> None:
+    """Threads of a llama.cpp context, for generation and prompt reading alike (cheap: read at every decode)."""
+    from llama_cpp import llama_set_n_threads
+
+    llama_set_n_threads(ctx, threads, threads)
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     n = 0
@@ -158,6 +165,10 @@ class LlamaCppBackend:
 
     def detokenize(self, tokens: list[int]) -> bytes:
         return bytes(self._llm.detokenize(tokens))
+
+    def set_threads(self, threads: int) -> None:
+        """Threads for the next decodes (NUM_THREADS=auto changes it while generating)."""
+        set_threads(self._llm._ctx.ctx, threads)
 
     def is_eos(self, token: int) -> bool:
         from llama_cpp import llama_vocab_is_eog
