@@ -136,7 +136,7 @@ def engbot_settings(config: Config, max_concurrency: int) -> EngineSettings:
 def thread_budget() -> int:
     """The CPU threads engbot uses by default (workers x threads per worker): llama-server gets the same."""
     s = EngineSettings.from_environ({})
-    return s.num_workers * s.num_threads
+    return s.num_threads if s.adaptive_threads else s.num_workers * s.num_threads  # auto: replicas share the CPUs
 
 
 def llama_args(config: Config, threads: int) -> list[str]:
@@ -374,9 +374,7 @@ async def run(configs: list[Config], concurrency: list[int], rounds: int, tokens
         if config.kind == "engbot":
             s = engbot_settings(config, top)
             result.reported[config.label] = engbot_reported(s)
-            env = " ".join(config.extra)
-            result.commands[config.label] = f"Engine(EngineSettings.from_environ({{{env}}}))" if env else \
-                "Engine(EngineSettings.from_environ({}))"
+            result.commands[config.label] = f"Engine(EngineSettings.from_environ({config.environ()!r}))"
         else:
             args = llama_args(config, threads)
             result.commands[config.label] = "llama-server -m MODEL --host 127.0.0.1 --port P " + " ".join(args)
