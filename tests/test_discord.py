@@ -387,7 +387,7 @@ async def test_busy_and_queued(fake: FakeDiscord, connect: AdapterFactory, engin
                                slots: int) -> None:
     engine = await engine_factory(QUEUE_MAX_SIZE=1, MAX_NEW_TOKENS=16, PARALLEL_SLOTS=slots)
     await connect(engine)
-    long = GenParams(max_new_tokens=1000)
+    long = GenParams(max_new_tokens=1000, ignore_eos=True)
     running = [engine.submit(Job.ask(f"Tell me long story number {i}.", params=long)) for i in range(slots)]
     for handle in running:  # every slot busy
         async for event in handle:

@@ -36,7 +36,8 @@ async def test_endpoints_report_state_and_metrics(engine_factory: EngineFactory)
             done = await engine.submit(Job.ask("Hi", params=params, platform="slack")).result()
             assert isinstance(done, Done)
             tokens += done.completion_tokens
-        long = engine.submit(Job.ask("Tell me a long story.", params=GenParams(max_new_tokens=400), platform="slack"))
+        long = engine.submit(Job.ask("Tell me a long story.", params=GenParams(max_new_tokens=400, ignore_eos=True),
+                                        platform="slack"))
         engine.submit(Job.ask("Hi", params=params, platform="slack"))
         with pytest.raises(QueueFull):
             engine.submit(Job.ask("Hi", params=params, platform="discord"))

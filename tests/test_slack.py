@@ -29,7 +29,7 @@ from tests.scripted_engine import ScriptedEngine, answer, done, pieces, started
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 EDIT_INTERVAL_S = 0.25
-LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1)  # keeps the only replica busy until cancelled
+LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)  # busy until cancelled
 StartAdapter = Callable[..., Awaitable[SlackAdapter]]
 
 
