@@ -35,6 +35,8 @@ from engine.types import GenParams, Turn
 
 log = logging.getLogger("engbot.replica")
 
+FLUSH_S = 0.05  # answer text goes to the parent at most this often (after the first piece)
+
 
 def make_backend(settings: EngineSettings) -> Backend | BatchedLlama:
     """The backend for the configured model file (imported here: the parent never loads a model library)."""
@@ -156,20 +158,40 @@ def _run_job(backend: Backend, info: ModelInfo, template: Any, conn: Connection,
             return "timeout"
         return None
 
-    pieces: list[str] = []
-
-    def emit(text: str) -> None:
-        pieces.append(text)
-        conn.send(("piece", seq, text))
-
+    out = TextOut(conn, seq)
     threads.update()
     try:
-        result = generate_text(backend, tokens, params, stop, emit, interrupt)
+        result = generate_text(backend, tokens, params, stop, out.add, interrupt)
     except Exception as exc:
         log.exception("generation failed")
-        conn.send(("failed", seq, "error", f"the model failed while answering: {exc}", "".join(pieces)))
+        out.flush()
+        conn.send(("failed", seq, "error", f"the model failed while answering: {exc}", out.text))
         return
+    out.flush()
     _send_final(conn, seq, result.finish_reason, result.text, len(tokens), result.completion_tokens, timeout_s)
+
+
+class TextOut:
+    """One answer's text on its way to the parent: the first piece at once (time to first token), then at most
+    one message per ``FLUSH_S``. Every message wakes the parent process, which then competes for the cores the
+    model's threads are spinning on; adapters show the text at most once a second anyway."""
+
+    def __init__(self, conn: Connection, seq: int) -> None:
+        self.conn, self.seq = conn, seq
+        self.text = ""  # everything added
+        self._pending = ""
+        self._sent_at: float | None = None
+
+    def add(self, piece: str) -> None:
+        self.text += piece
+        self._pending += piece
+        if self._sent_at is None or time.monotonic() - self._sent_at >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.conn.send(("piece", self.seq, self._pending))
+            self._pending, self._sent_at = "", time.monotonic()
 
 
 def _send_final(conn: Connection, seq: int, reason: str, text: str, prompt_tokens: int, completion_tokens: int,
@@ -186,6 +208,7 @@ def _send_final(conn: Connection, seq: int, reason: str, text: str, prompt_token
 class _Running:
     seq: int
     slot: int
+    out: TextOut
     text: TextAssembler
     prompt_tokens: int
     deadline: float
@@ -201,9 +224,8 @@ def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settin
     running: dict[int, _Running] = {}  # by slot
 
     def finish(job: _Running, reason: str) -> None:
-        piece = job.text.close()
-        if piece:
-            conn.send(("piece", job.seq, piece))
+        job.out.add(job.text.close())
+        job.out.flush()
         _send_final(conn, job.seq, reason, job.text.text, job.prompt_tokens, job.text.count, job.timeout_s)
         backend.remove(job.slot)
         del running[job.slot]
@@ -233,8 +255,8 @@ def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settin
             free.remove(slot)
             cached = backend.add(slot, tokens, params)
             conn.send(("started", seq, len(tokens), dropped, cached))
-            running[slot] = _Running(seq, slot, TextAssembler(backend.detokenize, backend.is_eos, stop,
-                                                              params.max_new_tokens, params.ignore_eos),
+            text = TextAssembler(backend.detokenize, backend.is_eos, stop, params.max_new_tokens, params.ignore_eos)
+            running[slot] = _Running(seq, slot, TextOut(conn, seq), text,
                                      len(tokens), time.monotonic() + timeout_s, timeout_s)
         now = time.monotonic()
         for job in list(running.values()):
@@ -250,6 +272,7 @@ def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settin
         except Exception as exc:
             log.exception("batched generation failed")
             for job in list(running.values()):
+                job.out.flush()
                 conn.send(("failed", job.seq, "error", f"the model failed while answering: {exc}", job.text.text))
                 backend.remove(job.slot)
             backend.forget()  # what the failed batch left in the cache is unknown
@@ -260,7 +283,7 @@ def _serve_batched(backend: BatchedLlama, info: ModelInfo, template: Any, settin
             job = running[slot]
             piece = job.text.feed(token)
             if piece:
-                conn.send(("piece", job.seq, piece))
+                job.out.add(piece)
             if job.text.finish_reason is not None:
                 finish(job, job.text.finish_reason)
         for job in list(running.values()):
