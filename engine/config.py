@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOG_FORMATS = ("text", "json")
-DEFAULT_SLOTS = 2  # PARALLEL_SLOTS=auto with a GGUF model
+DEFAULT_SLOTS = 8  # PARALLEL_SLOTS=auto with a GGUF model (docs/bench-peers.md)
 TEMPLATES = ("auto", "gguf", "chatml", "oasst", "llama2", "plain")
 BACKENDS = ("auto", "llama_cpp", "ctransformers")
 LLM_LIBS = ("auto", "avx2", "avx", "basic")
@@ -48,12 +49,33 @@ def load_environ(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, 
     return values
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (a container's cpuset, taskset), not the host's count."""
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity (a container's cpuset, taskset), capped by a cgroup CPU quota
+    (``docker run --cpus``, compose ``cpus:``), which the affinity does not show. More model threads than that
+    would wait for each other at every step."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cpus = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """The CPU quota in CPUs (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``), None when unlimited."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            return int(fields[0]) / int(fields[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def default_model_path() -> Path | None:
@@ -169,6 +191,7 @@ class EngineSettings:
     prompt_template: str = "auto"
     kv_cache_type: str = "f16"
     flash_attn: bool = True
+    kv_cache_tokens: int = 0  # KV cells of one batched replica, shared by its slots; 0: 2 x context_length
     parallel_slots: int = 1
     system_prompt: str = "You are a helpful assistant."
     defaults: GenParams = field(default_factory=GenParams)
@@ -203,8 +226,8 @@ class EngineSettings:
         elif backend == "auto":
             backend = "llama_cpp"
         cpus = available_cpus()
-        threads = env.int_or_auto("NUM_THREADS", 1, lo=1, hi=256)
-        # auto: each replica may use every CPU, shared out among the replicas that are generating at the moment
+        threads = env.int_or_auto("NUM_THREADS", 0, lo=1, hi=256) or None
+        # auto (the default): a replica may use every CPU, shared out among the replicas generating at the moment
         adaptive = threads is None
         num_threads = cpus if threads is None else threads
         per_worker = 1 if adaptive else num_threads
@@ -227,6 +250,10 @@ class EngineSettings:
         context_length = env.int("CONTEXT_LENGTH", 2048, lo=0, hi=1 << 20)
         if context_length and max_new >= context_length:
             raise ConfigError("MAX_NEW_TOKENS", str(max_new), f"must be less than CONTEXT_LENGTH ({context_length})")
+        kv_tokens = env.int("KV_CACHE_TOKENS", 0, lo=0, hi=1 << 22)
+        if kv_tokens and context_length and kv_tokens < context_length:
+            raise ConfigError("KV_CACHE_TOKENS", str(kv_tokens), f"0 (auto) or at least CONTEXT_LENGTH "
+                              f"({context_length}): one conversation must fit")
         defaults = GenParams(
             max_new_tokens=max_new,
             temperature=env.float("TEMPERATURE", 0.0, lo=0.0, hi=5.0),
@@ -252,6 +279,7 @@ class EngineSettings:
             prompt_template=env.choice("PROMPT_TEMPLATE", "auto", TEMPLATES),
             kv_cache_type=env.choice("KV_CACHE_TYPE", "f16", ("f16", "q8_0")),
             flash_attn=env.bool("FLASH_ATTN", True),
+            kv_cache_tokens=kv_tokens,
             parallel_slots=slots,
             system_prompt=env.str("SYSTEM_PROMPT", "You are a helpful assistant."),
             defaults=defaults,

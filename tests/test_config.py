@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import EngineSettings, load_environ, mask
+from engine.config import EngineSettings, available_cpus, load_environ, mask
 from engine.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,8 @@ def test_defaults_and_valid_values(model_path: Path) -> None:
     s = EngineSettings.from_environ({})
     assert s.model_path == model_path and s.model_backend == "llama_cpp"
     assert s.system_prompt == "You are a helpful assistant." and s.defaults.max_new_tokens == 512
-    assert s.parallel_slots == 2  # auto, for a GGUF model
+    assert s.parallel_slots == 8  # auto, for a GGUF model
+    assert s.adaptive_threads and s.kv_cache_tokens == 0  # NUM_THREADS=auto, KV_CACHE_TOKENS=auto
     s = EngineSettings.from_environ({"NUM_WORKERS": "3", "LOAD_ON_FLY": "yes", "TEMPERATURE": "0",
                                      "SYSTEM_PROMPT": "", "PROMPT_TEMPLATE": "ChatML"})
     assert (s.num_workers, s.load_on_fly, s.defaults.temperature, s.system_prompt, s.prompt_template) == (
@@ -88,6 +89,28 @@ def test_adaptive_threads_share_the_cpus_this_process_may_use() -> None:
     assert s.num_workers == cpus
     s = EngineSettings.from_environ({"NUM_THREADS": "2", "NUM_WORKERS": "auto"})
     assert not s.adaptive_threads and s.num_workers == max(1, cpus // 2)
+
+
+def test_available_cpus_honour_a_cgroup_quota(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == cpus  # no cgroup files: the affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == cpus
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # docker run --cpus 0.5
+    assert available_cpus(tmp_path) == 1
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cpus(v1) == 1
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert available_cpus(v1) == cpus
+
+
+def test_kv_cache_must_hold_one_conversation() -> None:
+    with pytest.raises(ConfigError, match="KV_CACHE_TOKENS"):
+        EngineSettings.from_environ({"CONTEXT_LENGTH": "2048", "KV_CACHE_TOKENS": "1024"})
+    assert EngineSettings.from_environ({"KV_CACHE_TOKENS": "8192"}).kv_cache_tokens == 8192
 
 
 def test_oversubscription_warns(caplog: pytest.LogCaptureFixture) -> None:

@@ -68,3 +68,19 @@ async def test_killed_batched_replica_fails_all_its_jobs_and_heals(engine_factor
     assert engine.metrics.restarts._value.get() == 1  # one death, however many jobs it took down
     after = await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
     assert isinstance(after, Done) and after.text
+
+
+async def test_a_full_kv_cache_slows_answers_down_but_fails_none(engine_factory: EngineFactory) -> None:
+    # four slots share the smallest cache allowed (one conversation's worth): the answers cannot all fit at once
+    engine = await engine_factory(PARALLEL_SLOTS=4, CONTEXT_LENGTH=256, KV_CACHE_TOKENS=256, MAX_NEW_TOKENS=150)
+    assert engine.model_info is not None and "kv_tokens=256" in engine.model_info.detail
+    params = GenParams(max_new_tokens=150, temperature=0.0, ignore_eos=True)
+    handles = [engine.submit(Job.ask(f"Tell me a story about the number {i}.", params=params)) for i in range(4)]
+    results = await asyncio.gather(*(h.result() for h in handles))
+    assert all(isinstance(r, Done) and r.completion_tokens == 150 and r.text.strip() for r in results), results
+    # two long prompts that do not fit together: one waits for the other, then both answer
+    long_params = GenParams(max_new_tokens=40, temperature=0.0, ignore_eos=True)
+    prompts = [("Summarise this: " + f"apple {i} pear " * 40).strip() for i in range(2)]
+    handles = [engine.submit(Job.ask(p, params=long_params)) for p in prompts]
+    results = await asyncio.gather(*(h.result() for h in handles))
+    assert all(isinstance(r, Done) and r.completion_tokens == 40 for r in results), results

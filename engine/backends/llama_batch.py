@@ -1,18 +1,24 @@
 """GGUF models through llama.cpp with several sequences decoded together (PARALLEL_SLOTS > 1).
 
-One llama.cpp context holds ``slots`` sequences, each with its own KV cells and sampler. Every ``step()``
-decodes one batch: the next token of every generating sequence plus, within the batch budget, prompt tokens
-of sequences still reading their prompt (continuous batching, as llama.cpp's own server does).
+One llama.cpp context holds ``slots`` sequences, each with its own sampler, in one KV cache of ``kv_tokens`` cells
+that they share (llama.cpp's unified cache: a batch is one computation whatever sequences it holds, and memory
+follows the tokens in use rather than slots x context). Every ``step()`` decodes one batch: the next token of
+every generating sequence plus, within the batch budget, prompt tokens of sequences still reading their prompt
+(continuous batching, as llama.cpp's own server does).
 
 A slot keeps its KV cells after its answer ends. A new prompt goes to the free slot that holds the longest
 prefix of it (a follow-up in a thread shares the whole earlier conversation), and only the rest is read.
-Tokens go into a batch in ascending slot order: with a KV cache per sequence, llama.cpp splits a batch into one
-computation per run of consecutive ascending sequence ids, so any other order costs a graph per sequence.
+
+When the shared cache has no room for a step, kept cells of finished answers go first (least recently used),
+then the newest sequence steps back: a prompt not yet started waits, a sequence that holds cells gives them up
+and later reads its text again (recompute), and the oldest always proceeds. Nothing fails for lack of room:
+answers slow down.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,8 @@ from engine.backends.llama_cpp import common_prefix, eog_tokens, load_cpu_backen
 from engine.errors import ModelFileError
 from engine.types import GenParams
 
+log = logging.getLogger("engbot.replica")
+
 BATCH_TOKENS = 512
 PENALTY_LAST_N = 64  # llama-cpp-python's default window for the repeat penalty
 
@@ -30,18 +38,35 @@ PENALTY_LAST_N = 64  # llama-cpp-python's default window for the repeat penalty
 class _Slot:
     sampler: Any
     tokens: list[int]  # tokens whose KV cells are in the cache, in order
-    pending: list[int] = field(default_factory=list)  # prompt tokens still to read
+    pending: list[int] = field(default_factory=list)  # tokens still to read: the prompt, or text read again
     last: int = -1  # the token sampled last, to be decoded next
     full: bool = False  # the slot's context is full: no further token fits
+    order: int = 0  # when the sequence arrived: the newest steps back first when the cache is full
+    preempted: int = 0  # times it gave its cells up
+
+
+@dataclass(slots=True)
+class _Part:
+    """What one sequence puts into a batch."""
+
+    slot: int
+    tokens: list[int]
+    reading: bool  # prompt (or recomputed) tokens, not a generated one
+    wants_logits: bool
+
+
+class CacheFull(Exception):
+    """llama_decode found no room in the KV cache for the batch (nothing was written)."""
 
 
 class BatchedLlama:
     """A GGUF model answering up to ``slots`` sequences at once."""
 
     def __init__(self, path: Path, *, threads: int, context_length: int, slots: int,
-                 kv_cache_type: str = "f16", flash_attn: bool = True) -> None:
+                 kv_cache_type: str = "f16", flash_attn: bool = True, kv_tokens: int = 0) -> None:
         self.path, self.threads, self.slots = path, threads, slots
         self.context_length = context_length
+        self.kv_tokens = kv_tokens  # cells shared by all slots; 0: two full contexts
         self.kv_cache_type = kv_cache_type
         self.flash_attn = flash_attn
         self._model: Any = None
@@ -52,6 +77,8 @@ class BatchedLlama:
         self._used: dict[int, int] = {}  # when each slot was last used (for least-recently-used eviction)
         self._clock = itertools.count()
         self._eog: list[int] | None = None
+        self._batch_tokens = BATCH_TOKENS
+        self._logits_at: list[int] = []
         self.n_ctx = 0
 
     def load(self) -> ModelInfo:
@@ -60,6 +87,9 @@ class BatchedLlama:
         from llama_cpp._logger import set_verbose
 
         set_verbose(False)  # llama.cpp logs every tensor at load otherwise
+        # llama-cpp-python maps ggml's log levels off by one (a warning shows as an error): a full cache would
+        # print "failed to find a memory slot" at every step; _make_room logs what happens instead
+        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
         cpu_variant = load_cpu_backend()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
@@ -68,13 +98,15 @@ class BatchedLlama:
             self._model = internals.LlamaModel(path_model=str(self.path), params=model_params, verbose=False)
         except ValueError as exc:
             raise ModelFileError(f"llama.cpp cannot load {self.path}: {exc}") from None
-        self.n_ctx = self.context_length or self._model.n_ctx_train()
+        self.n_ctx = self.context_length or self._model.n_ctx_train()  # per sequence
+        self.kv_tokens = max(self.kv_tokens or 2 * self.n_ctx, self.n_ctx)
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.n_ctx * self.slots
-        params.n_batch = params.n_ubatch = BATCH_TOKENS
+        params.n_ctx = self.kv_tokens
+        self._batch_tokens = min(BATCH_TOKENS, self.kv_tokens)  # (llama.cpp caps its batch at the cache size)
+        params.n_batch = params.n_ubatch = self._batch_tokens
         params.n_seq_max = self.slots
         params.n_threads = params.n_threads_batch = self.threads
-        params.kv_unified = False  # each sequence gets n_ctx cells of its own
+        params.kv_unified = True  # one pool of cells for every sequence
         params.flash_attn_type = flash_attn_type(self.flash_attn, self.kv_cache_type)
         if self.kv_cache_type == "q8_0":
             params.type_k = params.type_v = llama_cpp.GGML_TYPE_Q8_0
@@ -92,7 +124,7 @@ class BatchedLlama:
             chat_template=meta.get("tokenizer.chat_template"),
             bos_token=self._piece(self._model.token_bos()),
             eos_token=self._piece(self._model.token_eos()),
-            detail=f"threads={self.threads} kv={self.kv_cache_type} slots={self.slots}"
+            detail=f"threads={self.threads} kv={self.kv_cache_type} slots={self.slots} kv_tokens={self.kv_tokens}"
             + (" flash_attn" if flash_attn_type(self.flash_attn, self.kv_cache_type) else "")
             + (f" cpu={cpu_variant}" if cpu_variant else ""),
         )
@@ -147,8 +179,10 @@ class BatchedLlama:
         # the last prompt token is always read again: its logits give the first answer token
         cached = min(common_prefix(self._kept.pop(slot, []), prompt_tokens), len(prompt_tokens) - 1)
         self._ctx.kv_cache_seq_rm(slot, cached, -1)
-        self._active[slot] = _Slot(sampler, tokens=list(prompt_tokens[:cached]), pending=list(prompt_tokens[cached:]))
-        self._used[slot] = next(self._clock)
+        order = next(self._clock)
+        self._active[slot] = _Slot(sampler, tokens=list(prompt_tokens[:cached]), pending=list(prompt_tokens[cached:]),
+                                   order=order)
+        self._used[slot] = order
         return cached
 
     def remove(self, slot: int) -> None:
@@ -169,48 +203,90 @@ class BatchedLlama:
 
     def step(self) -> list[tuple[int, int]]:
         """Decode one batch; return (slot, token) for every sequence that produced a token."""
-        batch = self._batch.batch
-        n = 0
-        sampled: list[tuple[int, int]] = []  # (slot, index in batch)
-        # generating sequences get their one token first; prompts share what is left of the batch
-        budget = BATCH_TOKENS - sum(1 for s in self._active.values() if not s.pending)
-        for slot in sorted(self._active):  # ascending: one computation for all (see the module docstring)
-            state = self._active[slot]
+        parts = self._plan()
+        while parts:
+            try:
+                self._decode(parts)
+                break
+            except CacheFull:
+                parts = self._make_room(parts)
+        else:
+            return []
+        out = []
+        for part in parts:
+            state = self._active[part.slot]
+            state.tokens.extend(part.tokens)
+            if part.reading:
+                del state.pending[: len(part.tokens)]
+        for index, part in enumerate(parts):
+            if part.wants_logits:
+                state = self._active[part.slot]
+                state.last = state.sampler.sample(self._ctx, self._logits_at[index])
+                out.append((part.slot, state.last))
+        return out
+
+    def _plan(self) -> list[_Part]:
+        """This step's batch: one token of every generating sequence, then prompt chunks with what is left."""
+        parts: list[_Part] = []
+        budget = self._batch_tokens
+        for slot, state in sorted(self._active.items(), key=lambda item: bool(item[1].pending)):
             if state.pending:
-                take = state.pending[: max(0, budget)]
-                if not take:
-                    continue
-                budget -= len(take)
-                del state.pending[: len(take)]
-                tokens, wants_logits = take, not state.pending
+                take = state.pending[:budget]
+                if take:
+                    budget -= len(take)
+                    parts.append(_Part(slot, take, True, len(take) == len(state.pending)))
             elif len(state.tokens) < self.n_ctx:
-                tokens, wants_logits = [state.last], True
+                budget -= 1
+                parts.append(_Part(slot, [state.last], False, True))
             else:
                 state.full = True
-                continue
-            start = len(state.tokens)
-            for i, token in enumerate(tokens):
+        return parts
+
+    def _decode(self, parts: list[_Part]) -> None:
+        batch = self._batch.batch
+        n = 0
+        self._logits_at = []
+        for part in parts:
+            start = len(self._active[part.slot].tokens)
+            for i, token in enumerate(part.tokens):
                 batch.token[n] = token
                 batch.pos[n] = start + i
-                batch.seq_id[n][0] = slot
+                batch.seq_id[n][0] = part.slot
                 batch.n_seq_id[n] = 1
                 batch.logits[n] = False
                 n += 1
-            state.tokens.extend(tokens)
-            if wants_logits:
+            if part.wants_logits:
                 batch.logits[n - 1] = True
-                sampled.append((slot, n - 1))
-        if n == 0:
-            return []
+            self._logits_at.append(n - 1)
         batch.n_tokens = n
-        self._ctx.decode(self._batch)
-        out = []
-        for slot, index in sampled:
-            state = self._active[slot]
-            token = state.sampler.sample(self._ctx, index)
-            state.last = token
-            out.append((slot, token))
-        return out
+        try:
+            self._ctx.decode(self._batch)
+        except RuntimeError as exc:
+            if str(exc).endswith("returned 1"):  # no room: llama.cpp wrote nothing
+                raise CacheFull from None
+            raise
+
+    def _make_room(self, parts: list[_Part]) -> list[_Part]:
+        """The cache is full: free cells, or take the newest sequence out of this step. Returns the parts to try
+        next (the oldest sequence fits on its own: no sequence grows past n_ctx <= kv_tokens)."""
+        if self._kept:
+            slot = min(self._kept, key=lambda s: self._used[s])
+            self._ctx.kv_cache_seq_rm(slot, -1, -1)
+            del self._kept[slot]
+            return parts
+        newest = max(parts, key=lambda part: self._active[part.slot].order)
+        state = self._active[newest.slot]
+        if state.tokens or state.last >= 0:  # it holds cells: give them up, read it all again later
+            log.info("KV cache full (%d tokens): slot %d gives up %d cells and reads its text again later",
+                     self.kv_tokens, newest.slot, len(state.tokens))
+            self._ctx.kv_cache_seq_rm(newest.slot, -1, -1)
+            state.pending = state.tokens + ([state.last] if not state.pending else []) + state.pending
+            state.tokens, state.last = [], -1
+            state.preempted += 1
+        return [part for part in parts if part.slot != newest.slot]
+
+    def preemptions(self, slot: int) -> int:
+        return self._active[slot].preempted
 
     def close(self) -> None:
         for slot in list(self._active):
