@@ -2,7 +2,8 @@
 
 (a) direct llama-cpp-python vs the same generation through the engine; (b) aggregate tokens/s under a burst for
 1 and 2 one-thread replicas and one two-thread replica; (c) dispatch latency; (d) memory (RSS and PSS of the
-process tree); (e) 4 concurrent 128-token answers against the peers measured in shared/DESIGN.md.
+process tree); (e) 4 concurrent 128-token answers per layout; (f) answer quality against the library itself. llama.cpp's
+own server is measured side by side by ``bench.peer_bench``.
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def settings(workers: int, threads: int, slots: int = 1, **kw: object) -> EngineSettings:
+def settings(workers: int, threads: int | str, slots: int = 1, **kw: object) -> EngineSettings:
     base = EngineSettings.from_environ({"NUM_WORKERS": str(workers), "NUM_THREADS": str(threads),
                                         "PARALLEL_SLOTS": str(slots)})
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-LAYOUTS = ((1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 4), (1, 2, 4), (2, 1, 2))  # workers, threads, slots
+# workers, threads, slots; the last is the default on 2 CPUs
+LAYOUTS: tuple[tuple[int, int | str, int], ...] = ((1, 1, 1), (2, 1, 1), (1, 2, 1), (2, 1, 2), (2, 1, 8),
+                                                  (2, "auto", 8))
 
 
 QUALITY = [("What is the capital of France?", "paris"), ("What is the capital of Japan?", "tokyo"),
@@ -71,12 +74,13 @@ def right(answer: str, expected: str) -> bool:
     return any(word in answer.lower() for word in expected.split("|"))
 
 
-def library_answers(questions: list[str], tokens: int) -> list[str]:
+def library_answers(questions: list[str], tokens: int, flash_attn: bool) -> list[str]:
     """Greedy chat completions by llama-cpp-python itself, one model, 1 thread."""
     from llama_cpp import Llama
 
     s = settings(1, 1)
-    llm = Llama(model_path=str(s.model_path), n_ctx=s.context_length, n_threads=1, verbose=False)
+    llm = Llama(model_path=str(s.model_path), n_ctx=s.context_length, n_threads=1, flash_attn=flash_attn,
+                verbose=False)
     try:
         out = []
         for q in questions:
@@ -94,7 +98,7 @@ def direct_library(prompt: str, tokens: int, threads: int) -> Run:
 
     s = settings(1, threads)
     llm = Llama(model_path=str(s.model_path), n_ctx=s.context_length, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
+                n_threads_batch=threads, flash_attn=s.flash_attn, verbose=False)  # the engine's settings
     try:
         messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
         start = time.perf_counter()
@@ -139,14 +143,14 @@ async def bench(quick: bool) -> list[str]:
 
     # (a) direct vs engine, 1 thread and 2 threads, greedy, same prompt
     rows = []
-    for threads in (1, 2):
-        direct = [direct_library(PROMPTS[0], n_tokens, threads) for _ in range(runs)]
-        async with Engine(settings(1, threads)) as engine:
+    for n_threads in (1, 2):
+        direct = [direct_library(PROMPTS[0], n_tokens, n_threads) for _ in range(runs)]
+        async with Engine(settings(1, n_threads)) as engine:
             await engine_run(engine, PROMPTS[1], greedy)  # warm-up
             through = [await engine_run(engine, PROMPTS[0], greedy) for _ in range(runs)]
         d = statistics.median(r.decode_tps for r in direct)
         e = statistics.median(r.decode_tps for r in through)
-        rows.append(f"| {threads} | {d:.1f} | {e:.1f} | {e / d:.2f} | "
+        rows.append(f"| {n_threads} | {d:.1f} | {e:.1f} | {e / d:.2f} | "
                     f"{statistics.median(r.ttft for r in direct) * 1000:.0f} | "
                     f"{statistics.median(r.ttft for r in through) * 1000:.0f} |")
         gc.collect()
@@ -158,7 +162,7 @@ async def bench(quick: bool) -> list[str]:
 
     # (b) throughput under a burst; (e) 4 concurrent answers; memory of the replicas for (d)
     rows = []
-    mem: dict[tuple[int, int, int], list[tuple[float, float]]] = {}
+    mem: dict[tuple[int, int | str, int], list[tuple[float, float]]] = {}
     burst = 4 if quick else 8
     concurrent: list[str] = []
     for workers, threads, slots in LAYOUTS:
@@ -218,10 +222,11 @@ async def bench(quick: bool) -> list[str]:
                             f"{sum(rss for rss, _ in per):.0f} |")
         added = totals[1] - totals[0]
         mem_rows.append(f"| {kv} | second adds | | **{added:.0f}** = {added / totals[0]:.0%} of the first | |")
-    for layout in ((1, 1, 4), (1, 2, 4)):
+    for layout in ((2, 1, 2), (2, 1, 8), (2, "auto", 8)):
         per = mem[layout]
-        mem_rows.append(f"| f16, {layout[2]} slots, {layout[1]} thread(s) | 1 | {per[0][1]:.0f} | {per[0][1]:.0f} | "
-                        f"{per[0][0]:.0f} |")
+        mem_rows.append(f"| f16, {layout[2]} slots per replica, shared KV cache | {layout[0]} | "
+                        f"{' + '.join(f'{pss:.0f}' for _, pss in per)} | {sum(p for _, p in per):.0f} | "
+                        f"{sum(r for r, _ in per):.0f} |")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.idle", stdout=asyncio.subprocess.PIPE)
     stdout, _ = await proc.communicate()
     idle_rss, idle_pss, alive = (float(x) for x in stdout.split())
@@ -238,33 +243,33 @@ async def bench(quick: bool) -> list[str]:
     # (f) answer quality: the engine must not do worse than the library on the same settings
     questions = [q for q, _ in QUALITY]
     quality = GenParams(max_new_tokens=64, temperature=0.0, repeat_penalty=1.0)
-    lib = library_answers(questions, 64)
-    async with Engine(settings(1, 1)) as engine:
-        eng = [(await engine.submit(Job.ask(q, params=quality)).result()) for q in questions]
-    eng_text = [r.text if isinstance(r, Done) else "" for r in eng]
-    async with Engine(settings(1, 1, 4)) as engine:
-        batched = await asyncio.gather(*(engine.submit(Job.ask(q, params=quality)).result() for q in questions))
-    bat_text = [r.text if isinstance(r, Done) else "" for r in batched]
-    score = [sum(right(a, exp) for a, (_, exp) in zip(answers, QUALITY, strict=True))
-             for answers in (lib, eng_text, bat_text)]
-    same = sum(a == b for a, b in zip(lib, eng_text, strict=True))
+    paths: list[tuple[str, list[str]]] = []
+    for fa in (True, False):
+        lib = library_answers(questions, 64, fa)
+        paths.append((f"llama-cpp-python `create_chat_completion`, flash attention {'on' if fa else 'off'}", lib))
+        async with Engine(settings(1, 1, flash_attn=fa)) as engine:
+            alone = [(await engine.submit(Job.ask(q, params=quality)).result()) for q in questions]
+        texts = [r.text if isinstance(r, Done) else "" for r in alone]
+        same = sum(a == b for a, b in zip(lib, texts, strict=True))
+        paths.append((f"engbot engine, 1 slot, flash attention {'on' if fa else 'off'} ({same} of {len(QUALITY)} "
+                      "answers identical to the library's with the same setting)", texts))
+        async with Engine(settings(2, "auto", 8, flash_attn=fa)) as engine:
+            batched = await asyncio.gather(*(engine.submit(Job.ask(q, params=quality)).result() for q in questions))
+        paths.append((f"engbot engine, default layout (2 x auto x 8 slots, all {len(QUALITY)} at once), flash "
+                      f"attention {'on' if fa else 'off'}", [r.text if isinstance(r, Done) else "" for r in batched]))
     quality_section = [
         "## (f) Answer quality on the default model",
         f"{len(QUALITY)} factual questions, greedy, 64 tokens, system prompt \"{SYSTEM}\"; an answer counts as right "
         "when it holds the expected word.", "",
         "| path | right |", "|---|---|",
-        f"| llama-cpp-python `create_chat_completion` | {score[0]} / {len(QUALITY)} |",
-        f"| engbot engine (1 slot) | {score[1]} / {len(QUALITY)} ({same} of {len(QUALITY)} answers identical to "
-        "the library's, token for token) |",
-        f"| engbot engine, 4 slots batched together | {score[2]} / {len(QUALITY)} |", ""]
+        *(f"| {name} | {sum(right(a, exp) for a, (_, exp) in zip(answers, QUALITY, strict=True))} / {len(QUALITY)} |"
+          for name, answers in paths), ""]
 
-    out += ["## (e) 4 concurrent answers of " f"{n_tokens} tokens vs peers",
-            "Peers as measured in shared/DESIGN.md on this machine type (128 tokens over HTTP).", "",
-            "| server | aggregate tok/s | TTFT p50 s | TTFT p95 s |", "|---|---|---|---|",
-            *concurrent,
-            "| llama-server, 4 parallel slots (DESIGN.md) | ~152 | - | 0.27 |",
-            "| 2 x llama-server, 1 thread (DESIGN.md) | ~152 | - | 1.76 |",
-            "| llama-cpp-python server (DESIGN.md) | ~70 | - | 5.3 |", ""]
+    out += ["## (e) 4 concurrent answers of " f"{n_tokens} tokens per layout",
+            "The same engine layouts as (b), 4 questions at once. Against llama.cpp's own server, measured side "
+            "by side: [bench-peers.md](bench-peers.md) (`python -m bench.peer_bench`).", "",
+            "| layout | aggregate tok/s | TTFT p50 s | TTFT p95 s |", "|---|---|---|---|",
+            *concurrent, ""]
     return out + quality_section
 
 
