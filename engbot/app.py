@@ -112,8 +112,8 @@ def make_engine(environ: Mapping[str, str]) -> Engine | RedisSubmitter:
 def _describe(engine: Engine | RedisSubmitter) -> tuple[str, float]:
     """A log line for a ready engine, and its shutdown grace in seconds."""
     if isinstance(engine, Engine):
-        return (f"engine ready: {len(engine.replicas)} workers x {engine.settings.num_threads} threads, "
-                f"model {engine.settings.model_path.name}", engine.settings.shutdown_grace_s)
+        return (f"engine ready: {engine.settings.layout}, model {engine.settings.model_path.name}",
+                engine.settings.shutdown_grace_s)
     return f"job queue ready: Redis at {engine.settings.redis_url_masked}", engine.shutdown_grace_s
 
 

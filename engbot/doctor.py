@@ -55,7 +55,7 @@ def doctor(environ: Mapping[str, str]) -> int:
           if first else "none in the file")
     print("engine:")
     _line("backend", settings.model_backend)
-    _line("workers x threads", f"{settings.num_workers} x {settings.num_threads}")
+    _line("layout", settings.layout)
     _line("context", settings.context_length or "the model's own")
     _line("system prompt", repr(settings.system_prompt))
     return asyncio.run(_generate(replace(settings, num_workers=1, load_on_fly=False)))

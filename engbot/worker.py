@@ -56,8 +56,7 @@ async def work_until_signal(worker: RedisWorker, app_settings: AppSettings, stop
                                  app_settings.http_port)
             try:
                 settings = worker.engine.settings
-                log.info("engine ready: %d workers x %d threads x %d slots, model %s", settings.num_workers,
-                         settings.num_threads, settings.parallel_slots, settings.model_path.name)
+                log.info("engine ready: %s, model %s", settings.layout, settings.model_path.name)
                 await stop.wait()
                 log.info("shutting down: no new jobs; running answers get %.0f s",
                          worker.engine.settings.shutdown_grace_s)

@@ -197,6 +197,13 @@ class EngineSettings:
     defaults: GenParams = field(default_factory=GenParams)
     shutdown_grace_s: float = 30.0
 
+    @property
+    def layout(self) -> str:
+        """Replicas, threads and slots in words, for logs: "2 workers x auto threads (of 2 CPUs) x 8 slots"."""
+        threads = f"auto threads (of {self.num_threads} CPUs)" if self.adaptive_threads else \
+            f"{self.num_threads} thread{'s' if self.num_threads > 1 else ''}"
+        return f"{self.num_workers} workers x {threads} x {self.parallel_slots} slots"
+
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, check_model: bool = True) -> EngineSettings:
         """Read and validate every engine setting. Raises ``ConfigError`` on the first bad value."""
