@@ -572,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a llama-server configuration: extra arguments ('' = its defaults); repeatable; "
                              "-t is added unless given (engbot's thread budget)")
     parser.add_argument("--sdist", type=Path, help="a local llama-cpp-python sdist instead of pip download")
+    parser.add_argument("--llama-bin", type=Path, help="run this llama-server binary instead of building one "
+                        "(e.g. a -DGGML_NATIVE=ON build, to compare builds)")
     parser.add_argument("--out", default="docs/bench-peers.md")
     args = parser.parse_args(argv)
     concurrency = [1, 4] if args.quick else [int(c) for c in args.concurrency.split(",")]
@@ -579,7 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     configs = parse_configs(args.engbot if args.engbot is not None else [""],
                             args.llama if args.llama is not None else ["", LLAMA_NP16])
     model = EngineSettings.from_environ({}).model_path
-    build = llama_server.build(sdist=args.sdist)
+    if args.llama_bin is not None:
+        build = llama_server.Build(args.llama_bin.resolve(), llama_server.installed_version(), 0.0,
+                                   (f"(given binary {args.llama_bin})",))
+    else:
+        build = llama_server.build(sdist=args.sdist)
     print(f"llama-server: {build.binary} ({f'built in {build.seconds:.0f} s' if build.seconds else 'cached'})",
           file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="engbot-peer-bench-") as tmp:
