@@ -224,7 +224,7 @@ async def bench(quick: bool) -> list[str]:
         mem_rows.append(f"| {kv} | second adds | | **{added:.0f}** = {added / totals[0]:.0%} of the first | |")
     for layout in ((2, 1, 2), (2, 1, 8), (2, "auto", 8)):
         per = mem[layout]
-        mem_rows.append(f"| f16, {layout[2]} slots per replica, shared KV cache | {layout[0]} | "
+        mem_rows.append(f"| f16, {layout[2]} slots per replica, {layout[1]} thread(s), shared KV cache | {layout[0]} | "
                         f"{' + '.join(f'{pss:.0f}' for _, pss in per)} | {sum(p for _, p in per):.0f} | "
                         f"{sum(r for r, _ in per):.0f} |")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.idle", stdout=asyncio.subprocess.PIPE)
@@ -266,8 +266,9 @@ async def bench(quick: bool) -> list[str]:
           for name, answers in paths), ""]
 
     out += ["## (e) 4 concurrent answers of " f"{n_tokens} tokens per layout",
-            "The same engine layouts as (b), 4 questions at once. Against llama.cpp's own server, measured side "
-            "by side: [bench-peers.md](bench-peers.md) (`python -m bench.peer_bench`).", "",
+            "The same engine layouts as (b), 4 of the burst's questions again, at once: a batched replica finds "
+            "their prompts in its cache (a thread's follow-up gets the same). Against llama.cpp's own server, "
+            "measured side by side: [bench-peers.md](bench-peers.md) (`python -m bench.peer_bench`).", "",
             "| layout | aggregate tok/s | TTFT p50 s | TTFT p95 s |", "|---|---|---|---|",
             *concurrent, ""]
     return out + quality_section
