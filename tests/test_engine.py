@@ -44,6 +44,25 @@ def parallel_slots(request: pytest.FixtureRequest) -> int:
     return int(request.param)
 
 
+def assert_own_answers(results: list[Done | Failed], expected: list[Done | Failed], exact: bool) -> None:
+    """Every job got its own answer. One slot: token for token the answer it gets alone. Batched: the numbers
+    depend on what else is in the batch and where in the shared cache (so greedy text may part at a near tie), so
+    each answer must start like its own solo answer, and further than like any other question's."""
+    texts = [r.text for r in results if isinstance(r, Done)]
+    solo = [e.text for e in expected if isinstance(e, Done)]
+    assert len(texts) == len(solo) == len(results)
+    if exact:
+        assert texts == solo
+        return
+    def shared(a: str, b: str) -> int:
+        return next((n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+    for i, text in enumerate(texts):
+        own = shared(text, solo[i])
+        assert own >= 20 or text == solo[i], (text, solo[i])
+        assert all(own > shared(text, other) for j, other in enumerate(solo) if j != i), text
+
+
 async def first_text(handle: object) -> None:
     async for event in handle:  # type: ignore[attr-defined]
         if isinstance(event, TextPiece):
@@ -79,7 +98,8 @@ async def test_ignore_eos_answers_run_to_the_token_limit(engine_factory: EngineF
             assert forced.text.startswith(natural.text) and len(forced.text) > len(natural.text)
 
 
-async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factory: EngineFactory) -> None:
+async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factory: EngineFactory,
+                                                                    parallel_slots: int) -> None:
     solo = await engine_factory()
     expected = [(await solo.submit(Job.ask(q, params=GREEDY)).result()) for q in QUESTIONS]
     await solo.stop(grace_s=0)
@@ -87,7 +107,7 @@ async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factor
     handles = [engine.submit(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
     results = await asyncio.gather(*(h.result() for h in handles))
     assert [type(r) for r in results] == [Done] * len(QUESTIONS)
-    assert [r.text for r in results] == [e.text for e in expected]  # type: ignore[union-attr]
+    assert_own_answers(results, expected, exact=parallel_slots == 1)
     assert len({r.text for r in results}) == len(QUESTIONS)  # type: ignore[union-attr]
 
 
@@ -96,7 +116,7 @@ def fill_slots(engine: Engine, n: int) -> list[JobHandle]:
     return [engine.submit(Job.ask(f"Tell me a long story number {i}.", params=LONG)) for i in range(n)]
 
 
-async def test_adaptive_threads_give_the_same_answers(engine_factory: EngineFactory) -> None:
+async def test_adaptive_threads_give_the_same_answers(engine_factory: EngineFactory, parallel_slots: int) -> None:
     fixed = await engine_factory(NUM_WORKERS=2)
     expected = [(await fixed.submit(Job.ask(q, params=GREEDY)).result()) for q in QUESTIONS[:4]]
     await fixed.stop(grace_s=0)
@@ -105,7 +125,8 @@ async def test_adaptive_threads_give_the_same_answers(engine_factory: EngineFact
     # alone (one replica uses every CPU), then together (the shares change in the middle of answers)
     results = [await adaptive.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result()]
     results += await asyncio.gather(*(adaptive.submit(Job.ask(q, params=GREEDY)).result() for q in QUESTIONS[1:4]))
-    assert [r.text for r in results] == [e.text for e in expected]  # type: ignore[union-attr]
+    # (the thread count itself changes no number: one slot answers token for token as with one thread)
+    assert_own_answers(results, expected, exact=parallel_slots == 1)
 
 
 async def test_queue_full_is_raised_at_once_and_positions_move(engine_factory: EngineFactory,
