@@ -56,6 +56,9 @@ def test_a_prompt_takes_the_slot_that_holds_its_prefix(model: BatchedLlama) -> N
     assert cached >= len(first)  # the earlier turn and the answer's decoded tokens were not read again
     # an unrelated prompt takes the least recently used free slot, keeping that cache for later
     assert model.choose_slot(prompt(model, "Name a colour."), [0, 1, 2]) == 0
+    # ... and an empty slot rather than one whose cache shares only the opening with it
+    model.remove(slot)
+    assert model.choose_slot(prompt(model, "Name a colour."), [1, 3]) == 1
 
 
 def test_a_full_cache_makes_the_newest_sequence_wait_not_fail(model: BatchedLlama) -> None:

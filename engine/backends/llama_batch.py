@@ -152,9 +152,17 @@ class BatchedLlama:
         return len(self._active)
 
     def choose_slot(self, prompt_tokens: list[int], free: list[int]) -> int:
-        """The free slot to answer ``prompt_tokens`` in: the one whose cache holds the longest prefix of it, else
-        the least recently used one (keeping the caches of recent conversations)."""
-        return max(free, key=lambda s: (common_prefix(self._kept.get(s, []), prompt_tokens), -self._used[s]))
+        """The free slot to answer ``prompt_tokens`` in: the one that saves the most reading for what it throws
+        away. A follow-up finds its whole conversation in a slot (it saves all, loses nothing); a new conversation
+        shares only the system prompt with a kept one, and would lose the rest of it, so it takes an empty slot,
+        or else the one with the least kept. Ties go to the least recently used slot."""
+
+        def value(slot: int) -> tuple[int, int]:
+            kept = self._kept.get(slot, [])
+            shared = common_prefix(kept, prompt_tokens)
+            return shared - (len(kept) - shared), -self._used[slot]
+
+        return max(free, key=value)
 
     def add(self, slot: int, prompt_tokens: list[int], params: GenParams) -> int:
         """Start a sequence in ``slot`` (which must be free); its prompt is read by the next steps. Returns how many
