@@ -52,6 +52,7 @@ class Replica:
         self._routes: dict[int, asyncio.Queue[tuple[Any, ...]]] = {}  # messages of each running job
         self._start_lock = asyncio.Lock()
         self._stopping = False
+        self._gone = False  # the current process's end was seen (see _lost)
 
     def __repr__(self) -> str:
         pid = self.process.pid if self.process else None
@@ -80,7 +81,7 @@ class Replica:
         """Spawn the process and wait until its model is loaded. Raises ``ModelFileError`` if loading fails."""
         parent, child = _SPAWN.Pipe(duplex=True)
         self._control = asyncio.Queue()
-        self._stopping = False
+        self._stopping = self._gone = False
         self.process = _SPAWN.Process(
             target=replica_main, args=(self.index, self.settings, child, self._cancel, self.busy_replicas),
             name=f"engbot-replica-{self.index}", daemon=True,
@@ -113,11 +114,20 @@ class Replica:
                     self._control.put_nowait(msg)
                 # else: a late message of an abandoned job
         except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(self.conn.fileno())
-            for queue in (self._control, *self._routes.values()):
-                queue.put_nowait(("exit",))
-            if not self._stopping:
-                self.on_death()
+            self._lost(self.conn)
+
+    def _lost(self, conn: Connection) -> None:
+        """The process behind ``conn`` is gone (EOF on the pipe, or we killed it): every job waiting on it and a
+        start in progress learn it now, and the owner hears of a death it did not ask for."""
+        if conn is not self.conn or self._gone:
+            return
+        self._gone = True
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+        for queue in (self._control, *self._routes.values()):
+            queue.put_nowait(("exit",))
+        if not self._stopping:
+            self.on_death()
 
     async def run(self, seq: int, turns: tuple[Turn, ...], system_prompt: str, params: GenParams,
                   timeout_s: float) -> AsyncIterator[tuple[Any, ...]]:
@@ -166,6 +176,8 @@ class Replica:
                 await self._reap(conn)
                 yield ("failed", seq, kind, reason, "")
                 return
+            if msg[0] == "cancel_requested":  # the deadline above is now the cancel's
+                continue
             if msg[0] == "exit":
                 await self._reap(conn)
                 code = self.exitcode
@@ -183,7 +195,11 @@ class Replica:
         if self.settings.parallel_slots > 1 and self.conn is not None:
             with contextlib.suppress(OSError):
                 self.conn.send(("cancel", seq))  # read between batches by a batched replica
-        self._cancel_requested_at.setdefault(seq, time.monotonic())
+        if seq not in self._cancel_requested_at:
+            self._cancel_requested_at[seq] = time.monotonic()
+            route = self._routes.get(seq)
+            if route is not None:  # wake its wait, whose deadline knew no cancel
+                route.put_nowait(("cancel_requested",))
 
     def kill(self) -> None:
         process = self.process
@@ -211,6 +227,8 @@ class Replica:
         have started a new process meanwhile: given the connection it knew, a late caller leaves that alone."""
         if conn is not None and conn is not self.conn:
             return
+        if self.conn is not None:
+            self._lost(self.conn)  # (a killed process's EOF may never be read: the reader goes here)
         conn, self.conn = self.conn, None
         if conn is not None:
             with contextlib.suppress(ValueError, OSError):

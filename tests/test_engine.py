@@ -204,6 +204,44 @@ async def test_killed_replica_fails_its_job_and_the_pool_heals(engine_factory: E
     assert engine.metrics.restarts._value.get() == 1
 
 
+async def test_a_replica_killed_for_ignoring_a_cancel_is_replaced(engine_factory: EngineFactory,
+                                                                  parallel_slots: int) -> None:
+    engine = await engine_factory()
+    handles = fill_slots(engine, parallel_slots)
+    for handle in handles:
+        await first_text(handle)
+    pid = engine.replicas[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # stuck (in native code, say): it sends nothing and cannot see the cancel
+    handles[0].cancel()
+    # killed after the cancel's grace (5 s), not after the job's own timeout (GENERATION_TIMEOUT_S + 10 s)
+    result = await asyncio.wait_for(handles[0].result(), 30)
+    assert isinstance(result, Failed) and result.kind == "cancelled", result
+    for other in handles[1:]:  # its neighbours in the batch hear of the death at once
+        crashed = await asyncio.wait_for(other.result(), 10)
+        assert isinstance(crashed, Failed) and crashed.kind == "crashed", crashed
+    after = await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
+    assert isinstance(after, Done) and after.text, after
+    assert engine.replicas[0].pid not in (None, pid)
+    assert engine.metrics.restarts._value.get() == 1
+
+
+@pytest.mark.parametrize("parallel_slots", [1])
+async def test_a_replica_killed_past_its_timeout_is_replaced(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(GENERATION_TIMEOUT_S=1)
+    handle = engine.submit(Job.ask("Write a very long essay about the sea.", params=LONG))
+    await first_text(handle)
+    pid = engine.replicas[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # stuck in native code: it cannot stop itself at its timeout
+    result = await asyncio.wait_for(handle.result(), 30)
+    assert isinstance(result, Failed) and result.kind == "timeout", result
+    # the next question gets a new process, not "the model process is not running" for ever
+    after = await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
+    assert isinstance(after, Done) and after.text, after
+    assert engine.replicas[0].pid not in (None, pid)
+
+
 async def test_load_on_fly_keeps_no_model_while_idle(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(LOAD_ON_FLY="true", KEEP_ALIVE_S=0)
     assert not engine.replicas[0].alive
