@@ -77,3 +77,31 @@ def test_a_full_cache_makes_the_newest_sequence_wait_not_fail(model: BatchedLlam
             break
     assert counts == {0: 150, 1: 150, 2: 150, 3: 150}
     assert preempted > 0  # some gave their cells up and read their text again
+
+
+def test_a_prompt_with_no_room_in_the_batch_cannot_hold_the_oldest_back(model_path: Path) -> None:
+    # the oldest sequence's long prompt takes the whole batch (512 tokens) while two newer follow-ups hold the
+    # cells the prefix cache found for them: the oldest must get room from them, not wait for ever
+    model = BatchedLlama(model_path, threads=1, context_length=1024, slots=3, kv_tokens=1024)
+    model.load()
+    try:
+        earlier = {1: prompt(model, "apple " * 300), 2: prompt(model, "river " * 300)}
+        for slot, tokens in earlier.items():
+            model.add(slot, tokens, GREEDY)
+            while not model.step():
+                pass
+            model.remove(slot)
+        model.add(0, prompt(model, "stone " * 700), GREEDY)
+        for slot, tokens in earlier.items():
+            assert model.add(slot, tokens + prompt(model, "More?"), GREEDY) == len(tokens)
+        counts = {0: 0, 1: 0, 2: 0}
+        for _ in range(100):
+            for slot, _token in model.step():
+                counts[slot] += 1
+                if counts[slot] == 4:
+                    model.remove(slot)
+            if min(counts.values()) >= 4:
+                break
+        assert counts == {0: 4, 1: 4, 2: 4}
+    finally:
+        model.close()

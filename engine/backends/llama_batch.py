@@ -276,22 +276,30 @@ class BatchedLlama:
 
     def _make_room(self, parts: list[_Part]) -> list[_Part]:
         """The cache is full: free cells, or take the newest sequence out of this step. Returns the parts to try
-        next (the oldest sequence fits on its own: no sequence grows past n_ctx <= kv_tokens)."""
+        next (the oldest sequence fits on its own: no sequence grows past n_ctx <= kv_tokens).
+
+        The newest sequence is chosen among all that hold cells, not only those in this batch: a prompt that got
+        no room in the batch (the batch went to an older, longer prompt) may hold cells read earlier or found in
+        the prefix cache, and if only batch members stepped back, the oldest could wait for ever for cells such
+        a sequence never gives up. (A full sequence is left alone: it ends after this step.)"""
         if self._kept:
             slot = min(self._kept, key=lambda s: self._used[s])
             self._ctx.kv_cache_seq_rm(slot, -1, -1)
             del self._kept[slot]
             return parts
-        newest = max(parts, key=lambda part: self._active[part.slot].order)
-        state = self._active[newest.slot]
+        in_batch = {part.slot for part in parts}
+        candidates = [slot for slot, state in self._active.items()
+                      if slot in in_batch or (not state.full and (state.tokens or state.last >= 0))]
+        newest = max(candidates, key=lambda slot: self._active[slot].order)
+        state = self._active[newest]
         if state.tokens or state.last >= 0:  # it holds cells: give them up, read it all again later
             log.info("KV cache full (%d tokens): slot %d gives up %d cells and reads its text again later",
-                     self.kv_tokens, newest.slot, len(state.tokens))
-            self._ctx.kv_cache_seq_rm(newest.slot, -1, -1)
+                     self.kv_tokens, newest, len(state.tokens))
+            self._ctx.kv_cache_seq_rm(newest, -1, -1)
             state.pending = state.tokens + ([state.last] if not state.pending else []) + state.pending
             state.tokens, state.last = [], -1
             state.preempted += 1
-        return [part for part in parts if part.slot != newest.slot]
+        return [part for part in parts if part.slot != newest]
 
     def preemptions(self, slot: int) -> int:
         return self._active[slot].preempted
