@@ -160,13 +160,15 @@ class Replica:
             now = time.monotonic()
             deadline = hard_deadline
             cancelled_at = self._cancel_requested_at.get(seq)
-            if cancelled_at is not None:
+            if cancelled_at is not None and self.settings.parallel_slots == 1:
+                # (a batched replica reads cancels between steps, and one step of a big model may take longer;
+                # killing it would crash the other answers of its batch: its own timeout bounds the wait)
                 deadline = min(deadline, cancelled_at + CANCEL_GRACE_S)
             try:
                 msg = await asyncio.wait_for(inbox.get(), max(0.0, deadline - now))
             except TimeoutError:
-                if cancelled_at is not None and now < hard_deadline:
-                    log.warning("replica %d ignored a cancel for %.0f s: killing it", self.index, CANCEL_GRACE_S)
+                if cancelled_at is not None:
+                    log.warning("replica %d ignored a cancel for %.0f s: killing it", self.index, now - cancelled_at)
                     kind, reason = "cancelled", "cancelled"
                 else:
                     log.warning("replica %d is stuck past its timeout: killing it", self.index)
