@@ -199,15 +199,24 @@ class Engine:
         """Start the replicas (unless LOAD_ON_FLY) and take jobs. Raises ``ModelFileError`` if a model cannot be
         loaded."""
         if not self.settings.load_on_fly:
-            results = await asyncio.gather(*(r.start() for r in self.replicas), return_exceptions=True)
+            results = await asyncio.gather(*(self._first_start(w) for w in self._workers), return_exceptions=True)
             errors = [e for e in results if isinstance(e, BaseException)]
             if errors:
                 await asyncio.gather(*(r.stop() for r in self.replicas))
+                for worker in self._workers:
+                    worker.state = "stopped"
                 raise errors[0]
-            for worker in self._workers:
-                worker.state = "ready"
-            self.model_info = self.replicas[0].info
+            self.model_info = next(r for r in results if isinstance(r, ModelInfo))
         self._accepting = True
+        for worker in self._workers:
+            if worker.state == "stopped" and not self.settings.load_on_fly:  # it died while others loaded
+                self._start_worker(worker)
+
+    async def _first_start(self, worker: _Worker) -> ModelInfo:
+        worker.state = "starting"
+        info = await worker.replica.start()
+        worker.state = "ready"  # from now on its death is seen (while the others load, too)
+        return info
 
     async def __aenter__(self) -> Engine:
         await self.start()

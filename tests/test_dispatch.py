@@ -14,9 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from engbot.http import make_app
+from engine.engine import Engine
 from engine.errors import EngineClosed
 from engine.types import Done, Failed, GenParams, Job, Started, Turn
-from tests.conftest import EngineFactory
+from tests.conftest import EngineFactory, make_settings
 from tests.test_engine import GREEDY, LONG, QUESTIONS, first_text
 
 SHORT = GenParams(max_new_tokens=24, temperature=0.0, ignore_eos=True)
@@ -137,3 +138,30 @@ async def test_load_on_fly_with_several_slots_never_unloads_under_a_job(engine_f
     for wave in range(4):
         results = await asyncio.gather(*(ask(wave + i, 0.02 * ((wave * i) % 5)) for i in range(3)))
         assert [type(r).__name__ for r in results] == ["Done"] * 3, results
+
+
+async def test_a_replica_that_dies_while_the_others_load_is_restarted() -> None:
+    engine = Engine(make_settings(NUM_WORKERS=2, NUM_THREADS=1, PARALLEL_SLOTS=1, TEMPERATURE=0))
+    try:
+        starting = asyncio.create_task(engine.start())
+        fast, slow = engine.replicas
+        while slow.pid is None:  # (spawned at once, loaded in a moment)
+            await asyncio.sleep(0)
+        os.kill(slow.pid, signal.SIGSTOP)  # replica 1 loads slowly ...
+        try:
+            for _ in range(600):
+                if fast.info is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert fast.info is not None and fast.pid is not None
+            os.kill(fast.pid, signal.SIGKILL)  # ... and replica 0, loaded already, dies meanwhile
+            await asyncio.sleep(0.5)
+        finally:
+            os.kill(slow.pid, signal.SIGCONT)
+        await asyncio.wait_for(starting, 60)
+        # every question is answered: none is sent to the dead process
+        handles = [engine.submit(Job.ask(QUESTIONS[i], params=SHORT)) for i in range(4)]
+        results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 120)
+        assert [type(r).__name__ for r in results] == ["Done"] * 4, results
+    finally:
+        await engine.stop(grace_s=0)
