@@ -315,9 +315,10 @@ class Engine:
         return all(w.state == "failed" and now < w.retry_at for w in self._workers)
 
     def _assign(self, entry: _Entry, worker: _Worker) -> None:
-        if entry.expiry is not None:
-            entry.expiry.cancel()
-            entry.expiry = None
+        if worker.state == "ready":
+            self._disarm_expiry(entry)
+        elif entry.expiry is None:  # it waits for the replica to load: that wait has the same limit
+            self._arm_expiry(entry)
         entry.worker = worker
         worker.jobs.add(entry)
         worker.assigned_at = time.monotonic()
@@ -333,16 +334,29 @@ class Engine:
             worker.waiting.append(entry)
 
     def _arm_expiry(self, entry: _Entry) -> None:
+        self._disarm_expiry(entry)
         timeout = self.settings.queue_timeout_s
         delay = max(0.0, entry.handle.submitted_at + timeout - time.monotonic())
         entry.expiry = asyncio.get_running_loop().call_later(delay, self._expire, entry)
 
+    @staticmethod
+    def _disarm_expiry(entry: _Entry) -> None:
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+            entry.expiry = None
+
     def _expire(self, entry: _Entry) -> None:
         entry.expiry = None
-        if self._queue.remove(entry):
-            log.warning("job %s waited %.0f s for a model worker: given up", entry.handle.job.id[:8],
-                        self.settings.queue_timeout_s)
-            self._finish(entry, Failed("busy", f"no model worker was free for {self.settings.queue_timeout_s:g} s"))
+        worker = entry.worker
+        if not self._queue.remove(entry):
+            if worker is None or entry not in worker.waiting:
+                return
+            worker.waiting.remove(entry)  # its replica is still loading
+            worker.jobs.discard(entry)
+        log.warning("job %s waited %.0f s for a model worker: given up", entry.handle.job.id[:8],
+                    self.settings.queue_timeout_s)
+        self._finish(entry, Failed("busy", f"no model worker was free for {self.settings.queue_timeout_s:g} s"))
+        self._dispatch()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -384,6 +398,7 @@ class Engine:
             self.model_info = info
             waiting, worker.waiting = worker.waiting, []
             for entry in waiting:
+                self._disarm_expiry(entry)
                 self._spawn(self._run(worker, entry), f"engbot-job-{entry.handle.job.id[:8]}")
             if not worker.jobs:
                 self._idle_worker(worker)
@@ -452,6 +467,7 @@ class Engine:
                 entry.expiry.cancel()
             self._finish(entry, Failed("cancelled", "cancelled"))
         elif worker is not None and entry in worker.waiting:  # its replica is still starting
+            self._disarm_expiry(entry)
             worker.waiting.remove(entry)
             worker.jobs.discard(entry)
             self._finish(entry, Failed("cancelled", "cancelled"))
@@ -547,6 +563,7 @@ class Engine:
         for worker in self._workers:
             worker.cancel_timer()
             for entry in worker.waiting:
+                self._disarm_expiry(entry)
                 worker.jobs.discard(entry)
                 self._finish(entry, Failed("shutdown", SHUTDOWN_REASON))
             worker.waiting.clear()

@@ -165,3 +165,19 @@ async def test_a_replica_that_dies_while_the_others_load_is_restarted() -> None:
         assert [type(r).__name__ for r in results] == ["Done"] * 4, results
     finally:
         await engine.stop(grace_s=0)
+
+
+async def test_a_job_waiting_for_a_replica_to_load_is_told_busy_in_time(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(LOAD_ON_FLY="true", QUEUE_TIMEOUT_S=1)
+    replica = engine.replicas[0]
+    waiting = engine.submit(Job.ask(QUESTIONS[0], params=SHORT))  # starts the replica
+    while replica.pid is None:
+        await asyncio.sleep(0)
+    os.kill(replica.pid, signal.SIGSTOP)  # its load hangs (a stalled disk, say)
+    try:
+        result = await asyncio.wait_for(waiting.result(), 30)
+        assert isinstance(result, Failed) and result.kind == "busy", result
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    # the replica loads after all, and answers
+    assert isinstance(await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[1], params=SHORT)).result(), 60), Done)
