@@ -258,6 +258,13 @@ class EngineSettings:
         if context_length and max_new >= context_length:
             raise ConfigError("MAX_NEW_TOKENS", str(max_new), f"must be less than CONTEXT_LENGTH ({context_length})")
         kv_tokens = env.int("KV_CACHE_TOKENS", 0, lo=0, hi=1 << 22)
+        pool = kv_tokens or 2 * context_length
+        if slots > 1 and pool and slots > min(512, pool):  # every batch holds one token of each answer
+            if not slots_raw or slots_raw.lower() == "auto":
+                slots = min(512, pool)
+            else:
+                raise ConfigError("PARALLEL_SLOTS", str(slots), f"at most {min(512, pool)} with a KV cache of "
+                                  f"{pool} tokens (KV_CACHE_TOKENS, or 2 x CONTEXT_LENGTH)")
         if kv_tokens and context_length and kv_tokens < context_length:
             raise ConfigError("KV_CACHE_TOKENS", str(kv_tokens), f"0 (auto) or at least CONTEXT_LENGTH "
                               f"({context_length}): one conversation must fit")

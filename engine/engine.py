@@ -156,6 +156,7 @@ class Engine:
         self._seq = itertools.count(1)
         self._accepting = False
         self._dispatching = False
+        self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.model_info: ModelInfo | None = None
@@ -293,6 +294,8 @@ class Engine:
             self._dispatching = False
 
     def _choose(self, entry: _Entry) -> _Worker | None:
+        if self._closing:  # past the shutdown grace: what still waits ends as "shutdown"
+            return None
         slots = self.settings.parallel_slots
         open_workers = [w for w in self._workers if w.state in ("ready", "starting") and len(w.jobs) < slots]
         if open_workers:
@@ -371,6 +374,8 @@ class Engine:
     # ---- replica lifecycle ----
 
     def _start_worker(self, worker: _Worker) -> None:
+        if self._closing:  # shutting down: nothing new starts (jobs still queued end as "shutdown")
+            return
         worker.cancel_timer()
         worker.state = "starting"
         self._spawn(self._start(worker), f"engbot-start-{worker.replica.index}")
@@ -427,7 +432,7 @@ class Engine:
 
     def _idle_worker(self, worker: _Worker) -> None:
         """LOAD_ON_FLY: unload a replica that stays idle for KEEP_ALIVE_S."""
-        if self.settings.load_on_fly and worker.state == "ready" and not worker.jobs:
+        if self.settings.load_on_fly and worker.state == "ready" and not worker.jobs and not self._closing:
             worker.cancel_timer()
             worker.timer = asyncio.get_running_loop().call_later(self.settings.keep_alive_s, self._unload, worker)
 
@@ -532,6 +537,8 @@ class Engine:
 
     def _finish(self, entry: _Entry, event: Done | Failed) -> None:
         handle = entry.handle
+        if handle.done:  # (exactly one final event, and one count in the metrics)
+            return
         handle._emit(event)
         self._entries.pop(handle, None)
         outcome = "ok" if isinstance(event, Done) else event.kind
@@ -567,6 +574,7 @@ class Engine:
                 worker.jobs.discard(entry)
                 self._finish(entry, Failed("shutdown", SHUTDOWN_REASON))
             worker.waiting.clear()
+        self._closing = True
         for entry in list(self._running):
             entry.stopping = True
             if entry.worker is not None and entry.seq:
@@ -578,8 +586,12 @@ class Engine:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        for entry in self._queue.drain():  # put back by a job's end during the tasks phase
+            self._disarm_expiry(entry)
         for entry in list(self._entries.values()):
+            self._disarm_expiry(entry)
             self._finish(entry, Failed("shutdown", SHUTDOWN_REASON))
         await asyncio.gather(*(r.stop() for r in self.replicas))
         for worker in self._workers:
+            worker.cancel_timer()
             worker.state = "stopped"

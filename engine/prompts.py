@@ -8,6 +8,7 @@ the engine answers exactly as the library would); built-in templates cover files
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -100,6 +101,32 @@ def defuse(text: str) -> str:
 
 
 Tokenize = Callable[[str, bool, bool], list[int]]  # (text, add_bos, special) -> tokens
+_MARKER = re.compile(r"<\|?/?[^<>|\s]{1,32}\|?>|\[/?[A-Z_]{2,16}\]")  # <|im_end|>, </s>, [INST], [/INST]
+_PLAIN_MARKERS: weakref.WeakKeyDictionary[Template, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def plain_markers(template: Template, tokenize: Tokenize) -> frozenset[str]:
+    """Markers a file's own template writes (``[INST]``, ``</s>``) that its vocabulary has no special token for:
+    typed by a user, they would make exactly the tokens of a real turn boundary (Llama-2, Mistral v0.1 files)."""
+    if template not in _PLAIN_MARKERS:
+        rendered = ""
+        for probe in ([Turn("system", "s"), Turn("user", "u"), Turn("assistant", "a"), Turn("user", "v")],
+                      [Turn("user", "u"), Turn("assistant", "a"), Turn("user", "v")]):
+            try:
+                rendered = template(probe).prompt
+                break
+            except Exception:  # e.g. a template that refuses a system turn
+                continue
+        _PLAIN_MARKERS[template] = frozenset(
+            m for m in set(_MARKER.findall(rendered)) if tokenize(m, False, True) == tokenize(m, False, False))
+    return _PLAIN_MARKERS[template]
+
+
+def defuse_markers(text: str, markers: frozenset[str]) -> str:
+    """``text`` with each of ``markers`` broken up (its first character swapped for a look-alike)."""
+    for marker in markers:
+        text = text.replace(marker, {"<": "\u2039", "[": "\u27e6"}.get(marker[0], "") + marker[1:])
+    return text
 _MARK = re.compile("\ue000([0-9]+)\ue001")  # stands for message i while the template renders
 
 
@@ -148,6 +175,8 @@ def fit_prompt(
         raise ValueError("a job needs at least one turn")
     if template in BUILTIN.values():  # their markers may be plain text to the model's vocabulary
         turns = [Turn(t.role, defuse(t.content)) for t in turns]
+    elif markers := plain_markers(template, tokenize):  # the file's own template, with plain-text markers
+        turns = [Turn(t.role, defuse_markers(t.content, markers)) for t in turns]
     system = (Turn("system", system_prompt),) if system_prompt else ()
     start = 0
     while True:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.backends.llama_batch import BatchedLlama
+from engine.config import EngineSettings
+from engine.errors import ConfigError
 from engine.types import GenParams
 
 GREEDY = GenParams(max_new_tokens=64, temperature=0.0, ignore_eos=True)
@@ -105,3 +107,13 @@ def test_a_prompt_with_no_room_in_the_batch_cannot_hold_the_oldest_back(model_pa
         assert counts == {0: 4, 1: 4, 2: 4}
     finally:
         model.close()
+
+
+def test_more_slots_than_batch_tokens_are_refused_not_aborted(model_path: Path) -> None:
+    # llama.cpp aborts the whole process when a context has more sequences than batch tokens
+    backend = BatchedLlama(model_path, threads=1, context_length=32, slots=40, kv_tokens=32)
+    with pytest.raises(ConfigError, match="PARALLEL_SLOTS"):
+        backend.load()
+    backend.close()
+    with pytest.raises(ConfigError, match="PARALLEL_SLOTS"):
+        EngineSettings.from_environ({"PARALLEL_SLOTS": "40", "CONTEXT_LENGTH": "16", "MAX_NEW_TOKENS": "8"})

@@ -25,7 +25,7 @@ from typing import Any
 
 from engine.backends.base import ModelInfo
 from engine.backends.llama_cpp import common_prefix, eog_tokens, load_cpu_backend, set_threads
-from engine.errors import ModelFileError
+from engine.errors import ConfigError, ModelFileError
 from engine.types import GenParams
 
 log = logging.getLogger("engbot.replica")
@@ -103,6 +103,9 @@ class BatchedLlama:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.kv_tokens
         self._batch_tokens = min(BATCH_TOKENS, self.kv_tokens)  # (llama.cpp caps its batch at the cache size)
+        if self.slots > self._batch_tokens:  # llama.cpp would abort the process creating the context
+            raise ConfigError("PARALLEL_SLOTS", self.slots, f"at most {self._batch_tokens} with a KV cache of "
+                              f"{self.kv_tokens} tokens (one token of each answer goes into every batch)")
         params.n_batch = params.n_ubatch = self._batch_tokens
         params.n_seq_max = self.slots
         params.n_threads = params.n_threads_batch = self.threads
@@ -239,14 +242,14 @@ class BatchedLlama:
         budget = self._batch_tokens
         for slot, state in sorted(self._active.items(), key=lambda item: bool(item[1].pending)):
             if state.pending:
-                take = state.pending[:budget]
+                take = state.pending[: max(0, budget)]  # (more slots than batch tokens: nothing left)
                 if take:
                     budget -= len(take)
                     parts.append(_Part(slot, take, True, len(take) == len(state.pending)))
-            elif len(state.tokens) < self.n_ctx:
+            elif len(state.tokens) < self.n_ctx and budget > 0:
                 budget -= 1
                 parts.append(_Part(slot, [state.last], False, True))
-            else:
+            elif len(state.tokens) >= self.n_ctx:
                 state.full = True
         return parts
 
