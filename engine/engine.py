@@ -468,8 +468,7 @@ class Engine:
         entry.cancelled = True
         worker = entry.worker
         if self._queue.remove(entry):
-            if entry.expiry is not None:
-                entry.expiry.cancel()
+            self._disarm_expiry(entry)
             self._finish(entry, Failed("cancelled", "cancelled"))
         elif worker is not None and entry in worker.waiting:  # its replica is still starting
             self._disarm_expiry(entry)
@@ -564,8 +563,7 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         for entry in self._queue.drain():
-            if entry.expiry is not None:
-                entry.expiry.cancel()
+            self._disarm_expiry(entry)
             self._finish(entry, Failed("shutdown", SHUTDOWN_REASON))
         for worker in self._workers:
             worker.cancel_timer()

@@ -321,22 +321,24 @@ class FakeDiscord:
                                       "response_message_ephemeral": bool(data.get("flags", 0) & 64)},
                       "resource": {"type": body["type"], "message": msg}})
 
-    async def _webhook_edit(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+    def _webhook_message(self, match: re.Match[str]) -> str | None:
+        """The message a webhook route names (``@original``: the interaction's response), None if there is none."""
         token, message_id = match.groups()
-        if message_id == "@original":
-            callback = self.callback_for(self.interactions[token])
-            if callback is None:
-                return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
-            message_id = callback["message_id"]
+        if message_id != "@original":
+            return str(message_id)
+        callback = self.callback_for(self.interactions[token])
+        return None if callback is None else str(callback["message_id"])
+
+    async def _webhook_edit(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        message_id = self._webhook_message(match)
+        if message_id is None:
+            return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
         return self._update(message_id, body)
 
     async def _webhook_delete(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
-        token, message_id = match.groups()
-        if message_id == "@original":
-            callback = self.callback_for(self.interactions[token])
-            if callback is None:
-                return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
-            message_id = callback["message_id"]
+        message_id = self._webhook_message(match)
+        if message_id is None:
+            return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
         return self._remove(message_id)
 
     async def _followup(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:

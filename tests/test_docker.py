@@ -129,12 +129,18 @@ def test_dockerfile_runs_engbot_as_non_root_with_a_healthcheck() -> None:
     assert "<<" not in text and "--link" not in text  # this builder has neither heredocs nor COPY --link
 
 
+def exec_form(instruction: str, text: str) -> list[str]:
+    """The JSON (exec) form argument list of the first line of Dockerfile ``text`` that starts with the pattern
+    ``instruction``."""
+    line = re.search(rf"^{instruction} (\[.*\])\s*$", text, re.M)
+    assert line is not None, instruction
+    arguments: list[str] = json.loads(line.group(1))
+    return arguments
+
+
 def healthcheck_command() -> list[str]:
     text = DOCKERFILE.read_text()
-    line = re.search(r"^\s*CMD (\[.*\])\s*$", text[text.index("\nHEALTHCHECK"):], re.M)
-    assert line is not None
-    command: list[str] = json.loads(line.group(1))
-    return command
+    return exec_form(r"\s*CMD", text[text.index("\nHEALTHCHECK"):])
 
 
 class Endpoints(http.server.BaseHTTPRequestHandler):
@@ -278,10 +284,7 @@ def scale_project(tmp_path: Path) -> Path:
 
 def image_entrypoint() -> list[str]:
     text = DOCKERFILE.read_text()
-    line = re.search(r"^ENTRYPOINT (\[.*\])\s*$", text[text.rindex("\nFROM "):], re.M)
-    assert line is not None
-    entrypoint: list[str] = json.loads(line.group(1))
-    return entrypoint
+    return exec_form("ENTRYPOINT", text[text.rindex("\nFROM "):])
 
 
 def test_scale_example_commands_are_engbot_commands_after_the_image_entrypoint(
