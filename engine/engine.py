@@ -318,23 +318,35 @@ class Engine:
         return all(w.state == "failed" and now < w.retry_at for w in self._workers)
 
     def _assign(self, entry: _Entry, worker: _Worker) -> None:
-        if worker.state == "ready":
-            self._disarm_expiry(entry)
-        elif entry.expiry is None:  # it waits for the replica to load: that wait has the same limit
-            self._arm_expiry(entry)
         entry.worker = worker
         worker.jobs.add(entry)
         worker.assigned_at = time.monotonic()
-        if worker.state == "ready":
-            worker.cancel_timer()  # an idle unload that was due
         worker.conversations[entry.conversation] = None
         worker.conversations.move_to_end(entry.conversation)
         while len(worker.conversations) > self.settings.parallel_slots:
             worker.conversations.popitem(last=False)
         if worker.state == "ready":
-            self._spawn(self._run(worker, entry), f"engbot-job-{entry.handle.job.id[:8]}")
+            worker.cancel_timer()  # an idle unload that was due
+            self._launch(worker, entry)
         else:
+            if entry.expiry is None:  # it waits for the replica to load: that wait has the same limit
+                self._arm_expiry(entry)
             worker.waiting.append(entry)
+
+    def _launch(self, worker: _Worker, entry: _Entry) -> None:
+        """Run a job on a ready replica: it waits no longer."""
+        self._disarm_expiry(entry)
+        self._spawn(self._run(worker, entry), f"engbot-job-{entry.handle.job.id[:8]}")
+
+    @staticmethod
+    def _unwait(entry: _Entry) -> bool:
+        """Take a job out of a loading replica's waiting list; False if it is not waiting there."""
+        worker = entry.worker
+        if worker is None or entry not in worker.waiting:
+            return False
+        worker.waiting.remove(entry)
+        worker.jobs.discard(entry)
+        return True
 
     def _arm_expiry(self, entry: _Entry) -> None:
         self._disarm_expiry(entry)
@@ -350,12 +362,8 @@ class Engine:
 
     def _expire(self, entry: _Entry) -> None:
         entry.expiry = None
-        worker = entry.worker
-        if not self._queue.remove(entry):
-            if worker is None or entry not in worker.waiting:
-                return
-            worker.waiting.remove(entry)  # its replica is still loading
-            worker.jobs.discard(entry)
+        if not self._queue.remove(entry) and not self._unwait(entry):  # (waiting, or its replica still loading)
+            return
         log.warning("job %s waited %.0f s for a model worker: given up", entry.handle.job.id[:8],
                     self.settings.queue_timeout_s)
         self._finish(entry, Failed("busy", f"no model worker was free for {self.settings.queue_timeout_s:g} s"))
@@ -403,8 +411,7 @@ class Engine:
             self.model_info = info
             waiting, worker.waiting = worker.waiting, []
             for entry in waiting:
-                self._disarm_expiry(entry)
-                self._spawn(self._run(worker, entry), f"engbot-job-{entry.handle.job.id[:8]}")
+                self._launch(worker, entry)
             if not worker.jobs:
                 self._idle_worker(worker)
         self._dispatch()
@@ -470,10 +477,8 @@ class Engine:
         if self._queue.remove(entry):
             self._disarm_expiry(entry)
             self._finish(entry, Failed("cancelled", "cancelled"))
-        elif worker is not None and entry in worker.waiting:  # its replica is still starting
+        elif self._unwait(entry):  # its replica is still starting
             self._disarm_expiry(entry)
-            worker.waiting.remove(entry)
-            worker.jobs.discard(entry)
             self._finish(entry, Failed("cancelled", "cancelled"))
             self._dispatch()
         elif worker is not None and entry.seq:
