@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 from engine.config import EngineSettings
-from engine.engine import Engine
+from engine.local import Engine
 from engine.types import Done, GenParams, Job, Started, TextPiece
 
 SYSTEM = "You are a helpful assistant."
@@ -117,7 +117,7 @@ def direct_library(prompt: str, tokens: int, threads: int) -> Run:
 async def engine_run(engine: Engine, prompt: str, params: GenParams) -> Run:
     start = time.perf_counter()
     first = 0.0
-    async for event in engine.submit(Job.ask(prompt, params=params)):
+    async for event in engine.submit_nowait(Job.ask(prompt, params=params)):
         if isinstance(event, TextPiece) and not first:
             first = time.perf_counter() - start
         elif isinstance(event, Done):
@@ -195,7 +195,7 @@ async def bench(quick: bool) -> list[str]:
         queue_waits, started = [], []
         for i in range(60 if quick else 200):
             t0 = time.perf_counter()
-            async for event in engine.submit(Job.ask(PROMPTS[i % len(PROMPTS)], params=one)):
+            async for event in engine.submit_nowait(Job.ask(PROMPTS[i % len(PROMPTS)], params=one)):
                 if isinstance(event, Started):
                     started.append(time.perf_counter() - t0)
                     queue_waits.append(event.queue_wait_s)
@@ -248,13 +248,14 @@ async def bench(quick: bool) -> list[str]:
         lib = library_answers(questions, 64, fa)
         paths.append((f"llama-cpp-python `create_chat_completion`, flash attention {'on' if fa else 'off'}", lib))
         async with Engine(settings(1, 1, flash_attn=fa)) as engine:
-            alone = [(await engine.submit(Job.ask(q, params=quality)).result()) for q in questions]
+            alone = [(await engine.submit_nowait(Job.ask(q, params=quality)).result()) for q in questions]
         texts = [r.text if isinstance(r, Done) else "" for r in alone]
         same = sum(a == b for a, b in zip(lib, texts, strict=True))
         paths.append((f"engbot engine, 1 slot, flash attention {'on' if fa else 'off'} ({same} of {len(QUALITY)} "
                       "answers identical to the library's with the same setting)", texts))
         async with Engine(settings(2, "auto", 8, flash_attn=fa)) as engine:
-            batched = await asyncio.gather(*(engine.submit(Job.ask(q, params=quality)).result() for q in questions))
+            batched = await asyncio.gather(*(engine.submit_nowait(Job.ask(q, params=quality)).result()
+                                             for q in questions))
         paths.append((f"engbot engine, default layout (2 x auto x 8 slots, all {len(QUALITY)} at once), flash "
                       f"attention {'on' if fa else 'off'}", [r.text if isinstance(r, Done) else "" for r in batched]))
     quality_section = [

@@ -11,14 +11,14 @@ import gc
 import psutil
 
 from engine.config import EngineSettings
-from engine.engine import Engine
+from engine.local import Engine
 from engine.types import GenParams, Job
 
 
 async def main() -> None:
     settings = EngineSettings.from_environ({"NUM_WORKERS": "2", "LOAD_ON_FLY": "true", "KEEP_ALIVE_S": "0"})
     async with Engine(settings) as engine:
-        await engine.submit(Job.ask("Say hello.", params=GenParams(max_new_tokens=16))).result()
+        await engine.submit_nowait(Job.ask("Say hello.", params=GenParams(max_new_tokens=16))).result()
         while any(r.alive for r in engine.replicas):
             await asyncio.sleep(0.05)
         gc.collect()

@@ -266,9 +266,9 @@ async def engbot_answer(engine: Any, prompt: str, params: GenParams) -> Answer:
     first = 0.0
     worker = None
     cached = 0
-    async for event in engine.submit(job):
+    async for event in engine.submit_nowait(job):
         if isinstance(event, Started):
-            worker, cached = event.worker, event.cached_tokens
+            worker, cached = event.replica, event.cached_tokens
         elif isinstance(event, TextPiece) and event.text and not first:
             first = time.perf_counter() - began
         elif isinstance(event, Done):
@@ -282,7 +282,7 @@ async def engbot_answer(engine: Any, prompt: str, params: GenParams) -> Answer:
 async def engbot_burst(settings: EngineSettings, prompts: list[str],
                        tokens: int) -> tuple[list[Answer], float, tuple[float, ...]]:
     """(answers, wall s, PSS MiB of the engine process and each replica after the burst) of a fresh engine."""
-    from engine.engine import Engine
+    from engine.local import Engine
 
     async with Engine(settings) as engine:
         await asyncio.gather(*(engbot_answer(engine, p, gen_params(16)) for p in WARM_UP))

@@ -21,25 +21,26 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from bench.engine_bench import PROMPTS, machine, pct, settings
+from engine.api import Submitter
 from engine.config import QueueSettings
-from engine.engine import Engine, JobSubmitter
-from engine.redis_queue import RedisSubmitter
+from engine.local import Engine
+from engine.redis import RedisSubmitter
 from engine.types import Done, GenParams, Job, Started, TextPiece
-from tests.redis_fixtures import RedisServer, WorkerProcess
+from testkit.redis_server import RedisServer, WorkerProcess
 
 WORKER_COUNTS = (1, 2, 3)
-Backend = Callable[[int], AbstractAsyncContextManager[JobSubmitter]]
+Backend = Callable[[int], AbstractAsyncContextManager[Submitter]]
 
 
 @asynccontextmanager
-async def in_process(workers: int) -> AsyncIterator[JobSubmitter]:
+async def in_process(workers: int) -> AsyncIterator[Submitter]:
     async with Engine(settings(workers, 1)) as engine:
         yield engine
 
 
 def redis_backend(server: RedisServer, logs: Path) -> Backend:
     @asynccontextmanager
-    async def backend(workers: int) -> AsyncIterator[JobSubmitter]:
+    async def backend(workers: int) -> AsyncIterator[Submitter]:
         # one slot per worker, as the in-process replicas it is compared with (a worker claims one job per slot)
         env = {"QUEUE_BACKEND": "redis", "REDIS_URL": server.url, "NUM_WORKERS": "1", "NUM_THREADS": "1",
                "PARALLEL_SLOTS": "1", "REDIS_MAX_PENDING": "1000"}
@@ -56,11 +57,11 @@ def redis_backend(server: RedisServer, logs: Path) -> Backend:
     return backend
 
 
-async def answer(engine: JobSubmitter, prompt: str, params: GenParams) -> tuple[int, float, float]:
+async def answer(engine: Submitter, prompt: str, params: GenParams) -> tuple[int, float, float]:
     """(completion tokens, submit -> Started s, submit -> first text s), timed here, where the adapter is."""
     began = time.perf_counter()
     started = first = 0.0
-    async for event in await engine.asubmit(Job.ask(prompt, params=params)):
+    async for event in await engine.submit(Job.ask(prompt, params=params)):
         now = time.perf_counter() - began
         if isinstance(event, Started) and not started:
             started = now
@@ -71,7 +72,7 @@ async def answer(engine: JobSubmitter, prompt: str, params: GenParams) -> tuple[
     raise RuntimeError("a benchmark job failed")
 
 
-async def burst(engine: JobSubmitter, jobs: int, params: GenParams, warm_up: int) -> tuple[int, float]:
+async def burst(engine: Submitter, jobs: int, params: GenParams, warm_up: int) -> tuple[int, float]:
     """Tokens and wall seconds of ``jobs`` answers submitted at once (after one warm-up answer per replica)."""
     await asyncio.gather(*(answer(engine, PROMPTS[i], GenParams(max_new_tokens=8)) for i in range(warm_up)))
     began = time.perf_counter()
@@ -79,7 +80,7 @@ async def burst(engine: JobSubmitter, jobs: int, params: GenParams, warm_up: int
     return sum(r[0] for r in results), time.perf_counter() - began
 
 
-async def latencies(engine: JobSubmitter, samples: int) -> tuple[list[float], list[float]]:
+async def latencies(engine: Submitter, samples: int) -> tuple[list[float], list[float]]:
     """submit -> Started and submit -> first text of short answers, one at a time (idle workers)."""
     params = GenParams(max_new_tokens=2, temperature=0.0)
     await answer(engine, PROMPTS[0], params)

@@ -19,12 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bots.base import Messages
-from bots.slack import SlackAdapter, SlackSettings
+from bots.messages import Messages
+from bots.slack.adapter import SlackAdapter
+from bots.slack.settings import SlackSettings
+from engine.api import JobHandle
 from engine.config import EngineSettings
-from engine.engine import Engine, JobHandle
+from engine.local import Engine
 from engine.types import GenParams, Job
-from tests.fake_slack import FakeSlack
+from testkit.fake_slack import FakeSlack
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colours.", "What is a closure in Python?",
              "Why is the sky blue?", "What is 12 times 12?", "Who wrote Hamlet?", "What is HTTP?", "Define DNS."]
@@ -68,7 +70,7 @@ async def one_mention(slack: FakeSlack, question: str, follow_up_in: str | None 
 
 async def occupy(engine: Engine, workers: int) -> list[JobHandle]:
     """Give every replica a job; returns once all of them generate."""
-    handles = [engine.submit(Job.ask("Tell me a long story about a lighthouse keeper.",
+    handles = [engine.submit_nowait(Job.ask("Tell me a long story about a lighthouse keeper.",
                                      params=GenParams(max_new_tokens=BUSY_TOKENS, temperature=0.8, seed=i)))
                for i in range(workers)]
     while engine.running < workers or engine.queued:

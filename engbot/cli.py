@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from engine.config import EngineSettings, load_environ
-from engine.engine import Engine
 from engine.errors import ConfigError, ModelFileError, QueueUnavailable
+from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
 
 EXIT_CONFIG = 2
@@ -83,7 +84,7 @@ def _cli_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
 
 
 async def _stream(engine: Engine, job: Job, out: Any = sys.stdout) -> Done | Failed:
-    async for event in engine.submit(job):
+    async for event in await engine.submit(job):
         if isinstance(event, TextPiece):
             out.write(event.text)
             out.flush()
@@ -157,19 +158,19 @@ def _doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from engbot.app import run
+    from engbot.run import run
 
     return run(environ)
 
 
 def _worker(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from engbot.app import run_worker
+    from engbot.host import run_worker
 
     return run_worker(environ)
 
 
 def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from bench.__main__ import main as bench_main
-
-    return bench_main(["--out", args.out, *(["--quick"] if args.quick else [])])
+    """``python -m bench`` in a process of its own: the benchmarks are a development tool, not part of the app."""
+    command = [sys.executable, "-m", "bench", "--out", args.out, *(["--quick"] if args.quick else [])]
+    return subprocess.call(command, env={**os.environ, **environ})
 

@@ -10,15 +10,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
+from bots.registry import PLATFORMS
 from engine.config import EngineSettings, mask
-from engine.engine import Engine
 from engine.errors import ConfigError, ModelFileError
+from engine.local import Engine
 from engine.modelfile import inspect_model
 from engine.types import Done, GenParams, Job
 
 SETTING_PREFIXES = ("MODEL_", "LLM_", "NUM_", "LOAD_", "KEEP_", "QUEUE_", "GENERATION_", "MAX_", "TEMPERATURE",
-                    "TOP_", "REPEAT_", "CONTEXT_", "PROMPT_", "SYSTEM_", "SEED", "SLACK_", "DISCORD_", "REDIS_",
-                    "RATE_", "HTTP_", "LOG_", "SHUTDOWN_")
+                    "TOP_", "REPEAT_", "CONTEXT_", "PROMPT_", "SYSTEM_", "SEED", "REDIS_", "RATE_", "HTTP_", "LOG_",
+                    "SHUTDOWN_", *(p.env_prefix for p in PLATFORMS))
 
 
 def _line(label: str, value: object) -> None:
@@ -69,7 +70,7 @@ async def _generate(settings: EngineSettings) -> int:
             assert engine.model_info is not None
             _line("loaded", f"in {loaded:.2f} s, context {engine.model_info.n_ctx}, {engine.model_info.detail}")
             params = GenParams(max_new_tokens=16, temperature=0.0)
-            result = await engine.submit(Job.ask("What is the capital of France?", params=params)).result()
+            result = await engine.submit_nowait(Job.ask("What is the capital of France?", params=params)).result()
     except ModelFileError as exc:
         print(f"FAIL: the model could not be loaded: {exc}", file=sys.stderr)
         return 2

@@ -199,10 +199,10 @@ class EngineSettings:
 
     @property
     def layout(self) -> str:
-        """Replicas, threads and slots in words, for logs: "2 workers x auto threads (of 2 CPUs) x 8 slots"."""
+        """Replicas, threads and slots in words, for logs: "2 replicas x auto threads (of 2 CPUs) x 8 slots"."""
         threads = f"auto threads (of {self.num_threads} CPUs)" if self.adaptive_threads else \
             f"{self.num_threads} thread{'s' if self.num_threads > 1 else ''}"
-        return f"{self.num_workers} workers x {threads} x {self.parallel_slots} slots"
+        return f"{self.num_workers} replicas x {threads} x {self.parallel_slots} slots"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, check_model: bool = True) -> EngineSettings:
@@ -237,9 +237,9 @@ class EngineSettings:
         # auto (the default): a replica may use every CPU, shared out among the replicas generating at the moment
         adaptive = threads is None
         num_threads = cpus if threads is None else threads
-        per_worker = 1 if adaptive else num_threads
-        workers = env.int_or_auto("NUM_WORKERS", max(1, min(2, cpus // per_worker)), lo=1, hi=64)
-        num_workers = max(1, cpus // per_worker) if workers is None else workers
+        per_replica = 1 if adaptive else num_threads
+        replicas = env.int_or_auto("NUM_WORKERS", max(1, min(2, cpus // per_replica)), lo=1, hi=64)
+        num_workers = max(1, cpus // per_replica) if replicas is None else replicas
         if not adaptive and num_workers * num_threads > cpus:
             log.warning(
                 "NUM_WORKERS x NUM_THREADS = %d x %d = %d is more than the %d CPUs here: generations will "
@@ -252,7 +252,7 @@ class EngineSettings:
             slots = env.int("PARALLEL_SLOTS", 1, lo=1, hi=64)
         if slots > 1 and backend != "llama_cpp":
             raise ConfigError("PARALLEL_SLOTS", str(slots), "more than 1 needs a GGUF model (llama_cpp backend); "
-                              "ctransformers answers one question at a time per worker")
+                              "ctransformers answers one question at a time per replica")
         max_new = env.int("MAX_NEW_TOKENS", 512, lo=1, hi=32768)
         context_length = env.int("CONTEXT_LENGTH", 2048, lo=0, hi=1 << 20)
         if context_length and max_new >= context_length:

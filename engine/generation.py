@@ -7,14 +7,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.backends.base import Backend
-from engine.types import GenParams
+from engine.types import FailureKind, FinishReason, GenParams
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a generation ended: on its own (``finish_reason``: an end-of-text token or stop string, or
+    ``max_new_tokens``), or stopped from outside before that (``interrupted``: CANCELLED or TIMEOUT)."""
+
+    finish_reason: FinishReason = "stop"
+    interrupted: FailureKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Generated:
     text: str
     completion_tokens: int
-    finish_reason: str  # "stop", "length", or what ``interrupt`` returned ("cancelled", "timeout")
+    ending: Ending
 
 
 class TextAssembler:
@@ -36,7 +45,7 @@ class TextAssembler:
         self.text = ""  # everything decoded so far (cut at a stop string)
         self.sent = 0  # how much of ``text`` was returned as pieces
         self.count = 0
-        self.finish_reason: str | None = None
+        self.finish_reason: FinishReason | None = None
         self._cut = self._closed = False
 
     def feed(self, token: int) -> str:
@@ -79,25 +88,24 @@ def generate_text(
     params: GenParams,
     stop: Sequence[str],
     emit: Callable[[str], None],
-    interrupt: Callable[[], str | None],
+    interrupt: Callable[[], FailureKind | None],
 ) -> Generated:
     """Generate up to ``params.max_new_tokens`` tokens, calling ``emit`` with each new piece of text.
 
-    ``interrupt`` is checked after every token; a non-None value ends the generation with that value as the
-    finish reason.
+    ``interrupt`` is checked after every token; a non-None value (CANCELLED, TIMEOUT) ends the generation there.
     """
     text = TextAssembler(backend.detokenize, backend.is_eos, stop, params.max_new_tokens, params.ignore_eos)
-    reason = "stop"  # the backend may end on its own (a full context)
+    ending = Ending()  # the backend may end on its own (a full context)
     for token in backend.generate(prompt_tokens, params):
         piece = text.feed(token)
         if piece:
             emit(piece)
         if text.finish_reason is not None:
-            reason = text.finish_reason
+            ending = Ending(text.finish_reason)
             break
         interrupted = interrupt()
         if interrupted is not None:
-            reason = interrupted
+            ending = Ending(interrupted=interrupted)
             piece = text.close()
             if piece:
                 emit(piece)
@@ -106,7 +114,7 @@ def generate_text(
         piece = text.close()
         if piece:
             emit(piece)
-    return Generated(text.text, text.count, reason)
+    return Generated(text.text, text.count, ending)
 
 
 def _find_stop(text: str, stop: Sequence[str], start: int) -> int | None:

@@ -22,13 +22,23 @@ class EngineMetrics:
         self.duration = Histogram("engbot_request_duration_seconds", "Time from submit to the final event",
                                   buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("engbot_queue_depth", "Jobs waiting for a replica", registry=r)
-        self.workers_busy = Gauge("engbot_workers_busy", "Replicas generating right now", registry=r)
+        self.replicas_busy = Gauge("engbot_replicas_busy", "Replicas generating right now", registry=r)
+        # the old name of engbot_replicas_busy, kept for one release (a "worker" is an `engbot worker` host now)
+        self.workers_busy = Gauge("engbot_workers_busy", "Deprecated: engbot_replicas_busy", registry=r)
         self.requests = Counter("engbot_requests", "Finished jobs by platform and outcome",
                                 ["platform", "outcome"], registry=r)
         self.tokens = Counter("engbot_generated_tokens", "Tokens generated", registry=r)
-        self.restarts = Counter("engbot_worker_restarts", "Replica processes restarted after dying", registry=r)
+        self.restarts = Counter("engbot_replica_restarts", "Replica processes restarted after dying", registry=r)
+        # the old name of engbot_replica_restarts_total, kept for one release
+        self.worker_restarts = Counter("engbot_worker_restarts", "Deprecated: engbot_replica_restarts_total",
+                                       registry=r)
 
-    def track(self, queue_depth: Callable[[], int], workers_busy: Callable[[], int]) -> None:
+    def track(self, queue_depth: Callable[[], int], replicas_busy: Callable[[], int]) -> None:
         """Read the gauges from the engine at scrape time."""
         self.queue_depth.set_function(queue_depth)
-        self.workers_busy.set_function(workers_busy)
+        self.replicas_busy.set_function(replicas_busy)
+        self.workers_busy.set_function(replicas_busy)
+
+    def replica_died(self) -> None:
+        self.restarts.inc()
+        self.worker_restarts.inc()

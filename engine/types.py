@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 Role = Literal["system", "user", "assistant"]
@@ -74,7 +75,7 @@ class Started:
     answer again; text shown so far belongs to the abandoned attempt.
     """
 
-    worker: int
+    replica: int  # which model process of the host answers (its index)
     queue_wait_s: float
     prompt_tokens: int
     dropped_turns: int = 0
@@ -105,9 +106,26 @@ class Done:
     duration_s: float = 0.0
 
 
-# busy: no model worker was free within QUEUE_TIMEOUT_S
-FailureKind = Literal["timeout", "crashed", "cancelled", "prompt_too_long", "load_failed", "shutdown", "busy",
-                      "error"]
+class FailureKind(StrEnum):
+    """Why a job ended without an answer. One word per cause, the same in every layer (the replica, the engine,
+    the Redis wire format, the adapters); ``bots.messages.failure_text`` gives each its one user-facing text."""
+
+    TIMEOUT = "timeout"  # the answer ran past GENERATION_TIMEOUT_S (or the Redis JOB_DEADLINE_S)
+    CRASHED = "crashed"  # the replica process died while answering
+    CANCELLED = "cancelled"  # stopped on request (cancel(job_id), or the caller went away)
+    PROMPT_TOO_LONG = "prompt_too_long"  # the newest message alone does not fit the context
+    LOAD_FAILED = "load_failed"  # no replica could load the model
+    SHUTDOWN = "shutdown"  # the engine stopped before the answer was done
+    BUSY = "busy"  # no replica was free within QUEUE_TIMEOUT_S
+    ERROR = "error"  # anything else (a bug, a model library error): details in the log
+
+    @classmethod
+    def parse(cls, value: str) -> FailureKind:
+        """The kind named ``value``; ``ERROR`` for a name this version does not know (a newer host's)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.ERROR
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import EngineSettings, default_model_path
-from engine.engine import Engine
+from engine.local import Engine
 
 EngineFactory = Callable[..., Awaitable[Engine]]
 

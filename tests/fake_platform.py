@@ -17,18 +17,18 @@ import logging
 import sys
 from collections.abc import Mapping
 
-from engine.engine import JobHandle, JobSubmitter
+from engine.api import JobHandle, Submitter
 from engine.types import Done, Failed, GenParams, Job, TextPiece
 
 log = logging.getLogger("engbot.fake_platform")
 
 
 class FakePlatform:
-    """An adapter (the ``engbot.app.Adapter`` protocol) with no network: optionally asks one question."""
+    """An adapter (the ``bots.registry.Adapter`` protocol) with no network: optionally asks one question."""
 
     name = "fake"
 
-    def __init__(self, engine: JobSubmitter, question: str | None = None, params: GenParams | None = None) -> None:
+    def __init__(self, engine: Submitter, question: str | None = None, params: GenParams | None = None) -> None:
         self.engine = engine
         self.question = question
         self.params = params
@@ -44,11 +44,15 @@ class FakePlatform:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def in_flight(self) -> int:
+        return int(self._follower is not None and not self._follower.done())
+
     async def start(self) -> None:
         self.calls.append("start")
         self._connected = True
         if self.question:
-            self.handle = await self.engine.asubmit(Job.ask(self.question, params=self.params, platform=self.name))
+            self.handle = await self.engine.submit(Job.ask(self.question, params=self.params, platform=self.name))
             self._follower = asyncio.create_task(self._follow(self.handle))
 
     async def _follow(self, handle: JobHandle) -> None:
@@ -77,13 +81,14 @@ class FakePlatform:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import engbot.app
+    import engbot.run
+    from bots.registry import Adapter
     from engbot.cli import main as engbot_main
 
-    def adapters(environ: Mapping[str, str], engine: JobSubmitter) -> list[engbot.app.Adapter]:
+    def adapters(environ: Mapping[str, str], engine: Submitter) -> list[Adapter]:
         return [FakePlatform(engine, environ.get("FAKE_PLATFORM_QUESTION") or None)]
 
-    engbot.app.adapters_from_environ = adapters  # the only difference from `engbot run`
+    engbot.run.adapters_from_environ = adapters  # the only difference from `engbot run`
     return engbot_main(argv)
 
 

@@ -20,9 +20,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engbot.app import AppSettings, serve_until_signal
-from engine.engine import SHUTDOWN_REASON, Engine
+from engbot.run import serve_until_signal
+from engbot.settings import AppSettings
+from engine.api import SHUTDOWN_REASON
 from engine.errors import EngineClosed
+from engine.local import Engine
 from engine.types import Done, Failed, Job
 from tests.conftest import make_settings
 from tests.fake_platform import FakePlatform
@@ -102,7 +104,7 @@ async def test_stop_lets_a_running_answer_finish_within_the_grace() -> None:
         status, body = await get(http, port, "/readyz")
         assert status == 503 and '"engine": false' in body
         with pytest.raises(EngineClosed):
-            engine.submit(Job.ask("Hi"))
+            engine.submit_nowait(Job.ask("Hi"))
         assert await asyncio.wait_for(app, 60) == 0
     final = adapter.final
     assert isinstance(final, Done) and final.completion_tokens > 0, final

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.ggml_fixture import write_gpt_neox_ggml
+from testkit.ggml import write_gpt_neox_ggml
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from engine.backends.ctransformers import CTransformersBackend
 from engine.cpu import cpu_flags, ctransformers_lib_path, pick_llm_lib
 from engine.errors import ConfigError, ModelFileError, PromptTooLong
 from engine.types import GenParams
-from tests.ggml_fixture import (
+from testkit.ggml import (
     dequantize_q5_0,
     fixture_vocab,
     neox_weights,

@@ -16,13 +16,15 @@ from typing import Any
 
 import pytest
 
-from bots.base import Messages, rate_limit_from_environ
-from bots.discord import DiscordAdapter, DiscordSettings
-from engine.engine import Engine, JobHandle
+from bots.discord.adapter import DiscordAdapter
+from bots.discord.settings import DiscordSettings
+from bots.limits import rate_limit_from_environ
+from bots.messages import Messages
+from engine.api import JobHandle
 from engine.errors import ConfigError, QueueFull
+from engine.local import Engine
 from engine.types import Done, GenParams, Job, TextPiece
-from tests.conftest import EngineFactory
-from tests.fake_discord import (
+from testkit.fake_discord import (
     BOB,
     BOT,
     CHANNEL_ID,
@@ -36,7 +38,8 @@ from tests.fake_discord import (
     Payload,
     mention,
 )
-from tests.scripted_engine import ScriptedEngine, done, pieces, started
+from testkit.scripted import ScriptedEngine, done, pieces, started
+from tests.conftest import EngineFactory
 
 pytestmark = pytest.mark.timeout(120)
 # the tests that stream or answer side by side: with one slot and with two (batched decoding), to catch races
@@ -51,9 +54,9 @@ class Recorder:
     def __init__(self, engine: Engine) -> None:
         self.engine, self.jobs, self.handles = engine, list[Job](), list[JobHandle]()
 
-    async def asubmit(self, job: Job) -> JobHandle:
+    async def submit(self, job: Job) -> JobHandle:
         self.jobs.append(job)
-        self.handles.append(self.engine.submit(job))
+        self.handles.append(self.engine.submit_nowait(job))
         return self.handles[-1]
 
 
@@ -63,7 +66,7 @@ class FullEngine:
     def __init__(self) -> None:
         self.jobs: list[Job] = []
 
-    async def asubmit(self, job: Job) -> JobHandle:
+    async def submit(self, job: Job) -> JobHandle:
         self.jobs.append(job)
         raise QueueFull(1)
 
@@ -71,7 +74,7 @@ class FullEngine:
 class NoEngine:
     """For paths that must not reach the engine."""
 
-    async def asubmit(self, job: Job) -> JobHandle:
+    async def submit(self, job: Job) -> JobHandle:
         raise AssertionError(f"unexpected job: {job}")
 
 
@@ -245,7 +248,7 @@ async def test_a_long_answer_continues_in_follow_ups_with_whole_code_blocks(
         fake: FakeDiscord, connect: AdapterFactory, engine_factory: EngineFactory, slots: int) -> None:
     engine = Recorder(await engine_factory(MAX_NEW_TOKENS=120, PARALLEL_SLOTS=slots))
     adapter = await connect(engine)
-    adapter.style = replace(adapter.style, limit=120)  # what 1,900 does to a long answer, on a short one
+    adapter.flow.style = replace(adapter.flow.style, limit=120)  # what 1,900 does to a long answer, on a short one
     asked = await fake.ask("Write a Python class for a bank account with deposit and withdraw methods, with "
                            "docstrings, in a code block. Then explain it.")
     await fake.wait_for(lambda: engine.handles and engine.handles[0].done and not adapter.in_flight)
@@ -327,7 +330,7 @@ async def test_a_job_taken_over_by_another_worker_host_ends_as_one_clean_reply(
     engine = ScriptedEngine([started(1), *pieces(abandoned), started(2), *pieces(retried), done(retried)],
                             delay_s=0.02)
     adapter = await connect(engine)
-    adapter.style = replace(adapter.style, limit=100, edit_interval_s=0.2)
+    adapter.flow.style = replace(adapter.flow.style, limit=100, edit_interval_s=0.2)
     if via == "mention":
         channel = (await fake.say(CHANNEL_ID, f"{mention()} Hello?", mentions=(BOT,)))["id"]  # its thread
     else:
@@ -388,7 +391,7 @@ async def test_busy_and_queued(fake: FakeDiscord, connect: AdapterFactory, engin
     engine = await engine_factory(QUEUE_MAX_SIZE=1, MAX_NEW_TOKENS=16, PARALLEL_SLOTS=slots)
     await connect(engine)
     long = GenParams(max_new_tokens=1000, ignore_eos=True)
-    running = [engine.submit(Job.ask(f"Tell me long story number {i}.", params=long)) for i in range(slots)]
+    running = [engine.submit_nowait(Job.ask(f"Tell me long story number {i}.", params=long)) for i in range(slots)]
     for handle in running:  # every slot busy
         async for event in handle:
             if isinstance(event, TextPiece):

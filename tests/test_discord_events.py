@@ -8,10 +8,12 @@ import discord
 import pytest
 from discord.state import ConnectionState
 
-from bots import discord_events as ev
-from bots.base import Messages
-from tests import fake_discord as fd
-from tests.fake_discord import ALICE, BOB, BOT, BOT_ID, CHANNEL_ID, DM_ID, GUILD_ID, OTHER_CHANNEL_ID, ROLE_ID
+import bots.discord.events as ev
+from bots.answer import Question
+from bots.messages import Messages
+from engine.types import Turn
+from testkit import fake_discord as fd
+from testkit.fake_discord import ALICE, BOB, BOT, BOT_ID, CHANNEL_ID, DM_ID, GUILD_ID, OTHER_CHANNEL_ID, ROLE_ID
 
 THREAD_ID = fd.snowflake()
 OPEN = ev.Access()
@@ -183,8 +185,13 @@ def test_with_allowed_roles_only_the_messages_of_people_holding_one_reach_the_mo
 
 def test_jobs_carry_the_platform_and_a_dedup_key(state: ConnectionState[Any]) -> None:
     alice = build(state, fd.message(CHANNEL_ID, "hi")).author
-    job = ev.make_job(ev.turns_for([], "hi", BOT_ID, alice), "message:42")
-    assert job.platform == "discord" and job.dedup_key == "discord:message:42" and job.turns[-1].content == "hi"
+    turns = ev.turns_for([], "hi", BOT_ID, alice)
+
+    async def read() -> tuple[Turn, ...]:
+        return turns
+
+    question = Question(str(alice.id), "message:42", read)
+    assert question.dedup_key(ev.PLATFORM) == "discord:message:42" and turns[-1].content == "hi"
 
 
 @pytest.mark.parametrize(("prompt", "expected"), [

@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from engbot.http import make_app
-from engine.engine import Engine
 from engine.errors import EngineClosed
+from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, Started, Turn
 from tests.conftest import EngineFactory, make_settings
 from tests.test_engine import GREEDY, LONG, QUESTIONS, first_text
@@ -35,9 +35,9 @@ async def started(handle: object) -> Started:
 async def test_jobs_go_to_the_least_loaded_replica(engine_factory: EngineFactory, slots: int) -> None:
     engine = await engine_factory(NUM_WORKERS=2, PARALLEL_SLOTS=slots)
     for burst in (2, 2 * slots):
-        handles = [engine.submit(Job.ask(QUESTIONS[i], params=SHORT)) for i in range(burst)]
-        workers = Counter([(await started(h)).worker for h in handles])
-        assert workers == {0: burst // 2, 1: burst // 2}, workers
+        handles = [engine.submit_nowait(Job.ask(QUESTIONS[i], params=SHORT)) for i in range(burst)]
+        replicas = Counter([(await started(h)).replica for h in handles])
+        assert replicas == {0: burst // 2, 1: burst // 2}, replicas
         for handle in handles:
             assert isinstance(await handle.result(), Done)
 
@@ -49,29 +49,29 @@ async def test_a_follow_up_goes_to_the_replica_that_holds_its_conversation(engin
     threads: list[tuple[Turn, ...]] = []
     where: list[int] = []
     for question in ("Tell me about cats.", "Tell me about the sea."):
-        handle = engine.submit(Job(turns=(Turn("user", question),), params=GREEDY))
-        where.append((await started(handle)).worker)
+        handle = engine.submit_nowait(Job(turns=(Turn("user", question),), params=GREEDY))
+        where.append((await started(handle)).replica)
         done = await handle.result()
         assert isinstance(done, Done)
         threads.append((Turn("user", question), Turn("assistant", done.text)))
     assert sorted(where) == [0, 1]  # idle replicas share the work
     for i in (1, 0):  # the second conversation first: round robin alone would send it elsewhere
         follow_up = (*threads[i], Turn("user", "Tell me more."))
-        handle = engine.submit(Job(turns=follow_up, params=GREEDY))
+        handle = engine.submit_nowait(Job(turns=follow_up, params=GREEDY))
         event = await started(handle)
-        assert event.worker == where[i]
+        assert event.replica == where[i]
         assert event.cached_tokens > 20  # the earlier turns were not read again
         assert isinstance(await handle.result(), Done)
     # a new conversation shares only the system prompt with the cache: its question is read
-    fresh = await started(engine.submit(Job.ask("Name three birds.", params=GREEDY)))
+    fresh = await started(engine.submit_nowait(Job.ask("Name three birds.", params=GREEDY)))
     assert fresh.prompt_tokens - fresh.cached_tokens >= 5 and fresh.cached_tokens < event.cached_tokens
 
 
 @pytest.mark.parametrize("slots", [1, 2])
 async def test_a_job_that_waits_too_long_is_told_busy(engine_factory: EngineFactory, slots: int) -> None:
     engine = await engine_factory(PARALLEL_SLOTS=slots, QUEUE_TIMEOUT_S=0.5)
-    running = [engine.submit(Job.ask(f"Write a long story number {i}.", params=LONG)) for i in range(slots)]
-    waiting = engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))
+    running = [engine.submit_nowait(Job.ask(f"Write a long story number {i}.", params=LONG)) for i in range(slots)]
+    waiting = engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY))
     result = await asyncio.wait_for(waiting.result(), 30)
     assert isinstance(result, Failed) and result.kind == "busy", result
     assert engine.queued == 0
@@ -86,8 +86,8 @@ async def test_when_no_replica_can_start_queued_jobs_fail_and_health_says_so(
     model = tmp_path / "model.gguf"
     shutil.copyfile(model_path, model)
     engine = await engine_factory(MODEL_PATH=model)
-    running = engine.submit(Job.ask("Write a long essay about rivers.", params=LONG))
-    queued = engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))
+    running = engine.submit_nowait(Job.ask("Write a long essay about rivers.", params=LONG))
+    queued = engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY))
     await first_text(running)
     # the model file turns bad under the running replica (which keeps its mapping of the old file), which dies
     broken = tmp_path / "broken.gguf"
@@ -107,8 +107,8 @@ async def test_when_no_replica_can_start_queued_jobs_fail_and_health_says_so(
         assert response.status == 503
         body = await response.json()
         assert body["status"] == "down" and "model.gguf" in body["error"]
-        with pytest.raises(EngineClosed, match="no model worker can run"):
-            engine.submit(Job.ask(QUESTIONS[1], params=GREEDY))
+        with pytest.raises(EngineClosed, match="no replica can run"):
+            engine.submit_nowait(Job.ask(QUESTIONS[1], params=GREEDY))
         # the file is mended: the next start attempt succeeds on its own
         os.replace(tmp_path / "good.gguf", model)
         for _ in range(600):
@@ -116,7 +116,7 @@ async def test_when_no_replica_can_start_queued_jobs_fail_and_health_says_so(
                 break
             await asyncio.sleep(0.1)
         assert (await client.get("/healthz")).status == 200
-    assert isinstance(await engine.submit(Job.ask(QUESTIONS[1], params=GREEDY)).result(), Done)
+    assert isinstance(await engine.submit_nowait(Job.ask(QUESTIONS[1], params=GREEDY)).result(), Done)
 
 
 async def test_load_on_fly_with_several_slots_never_unloads_under_a_job(engine_factory: EngineFactory) -> None:
@@ -124,7 +124,7 @@ async def test_load_on_fly_with_several_slots_never_unloads_under_a_job(engine_f
     params = GenParams(max_new_tokens=2, temperature=0.0, ignore_eos=True)
     # each question arrives around the moment the idle replica is being unloaded
     for i in range(12):
-        result = await engine.submit(Job.ask(QUESTIONS[i % len(QUESTIONS)], params=params)).result()
+        result = await engine.submit_nowait(Job.ask(QUESTIONS[i % len(QUESTIONS)], params=params)).result()
         assert isinstance(result, Done), result
         await asyncio.sleep(0.17 + 0.01 * (i % 6))
     # and answers that end while others start, with no keep-alive at all
@@ -133,7 +133,7 @@ async def test_load_on_fly_with_several_slots_never_unloads_under_a_job(engine_f
     async def ask(i: int, delay: float) -> Done | Failed:
         await asyncio.sleep(delay)
         params = GenParams(max_new_tokens=1 + i % 4, temperature=0.0, ignore_eos=True)
-        return await engine.submit(Job.ask(QUESTIONS[i % len(QUESTIONS)], params=params)).result()
+        return await engine.submit_nowait(Job.ask(QUESTIONS[i % len(QUESTIONS)], params=params)).result()
 
     for wave in range(4):
         results = await asyncio.gather(*(ask(wave + i, 0.02 * ((wave * i) % 5)) for i in range(3)))
@@ -160,7 +160,7 @@ async def test_a_replica_that_dies_while_the_others_load_is_restarted() -> None:
             os.kill(slow.pid, signal.SIGCONT)
         await asyncio.wait_for(starting, 60)
         # every question is answered: none is sent to the dead process
-        handles = [engine.submit(Job.ask(QUESTIONS[i], params=SHORT)) for i in range(4)]
+        handles = [engine.submit_nowait(Job.ask(QUESTIONS[i], params=SHORT)) for i in range(4)]
         results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 120)
         assert [type(r).__name__ for r in results] == ["Done"] * 4, results
     finally:
@@ -170,7 +170,7 @@ async def test_a_replica_that_dies_while_the_others_load_is_restarted() -> None:
 async def test_a_job_waiting_for_a_replica_to_load_is_told_busy_in_time(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(LOAD_ON_FLY="true", QUEUE_TIMEOUT_S=1)
     replica = engine.replicas[0]
-    waiting = engine.submit(Job.ask(QUESTIONS[0], params=SHORT))  # starts the replica
+    waiting = engine.submit_nowait(Job.ask(QUESTIONS[0], params=SHORT))  # starts the replica
     while replica.pid is None:
         await asyncio.sleep(0)
     os.kill(replica.pid, signal.SIGSTOP)  # its load hangs (a stalled disk, say)
@@ -180,4 +180,5 @@ async def test_a_job_waiting_for_a_replica_to_load_is_told_busy_in_time(engine_f
     finally:
         os.kill(replica.pid, signal.SIGCONT)
     # the replica loads after all, and answers
-    assert isinstance(await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[1], params=SHORT)).result(), 60), Done)
+    final = await asyncio.wait_for(engine.submit_nowait(Job.ask(QUESTIONS[1], params=SHORT)).result(), 60)
+    assert isinstance(final, Done)

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from engbot import cli
-from engbot.app import AppSettings
+from engbot.settings import AppSettings
 from engine.config import EngineSettings, QueueSettings, load_environ
 
 ROOT = Path(__file__).resolve().parents[1]

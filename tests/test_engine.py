@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.api import JobHandle
 from engine.config import EngineSettings
-from engine.engine import Engine, JobHandle
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
+from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
 from tests.conftest import EngineFactory
 
@@ -73,7 +74,7 @@ async def first_text(handle: object) -> None:
 @pytest.mark.parametrize("parallel_slots", [1])  # the batched path's numbers differ slightly from the library's
 async def test_answers_like_the_library_itself(engine_factory: EngineFactory, model_path: Path) -> None:
     engine = await engine_factory()
-    events = [e async for e in engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))]
+    events = [e async for e in engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY))]
     assert isinstance(events[0], Started) and events[0].prompt_tokens > 10
     assert any(isinstance(e, TextPiece) for e in events)
     done = events[-1]
@@ -86,10 +87,11 @@ async def test_answers_like_the_library_itself(engine_factory: EngineFactory, mo
 
 async def test_ignore_eos_answers_run_to_the_token_limit(engine_factory: EngineFactory) -> None:
     engine = await engine_factory()
-    natural = await engine.submit(Job.ask(QUESTIONS[0], params=GenParams(max_new_tokens=64, temperature=0.0))).result()
+    natural = await engine.submit_nowait(Job.ask(QUESTIONS[0], params=GenParams(max_new_tokens=64,
+                                                                                temperature=0.0))).result()
     for temperature in (0.0, 0.8):
         params = GenParams(max_new_tokens=200, temperature=temperature, seed=3, ignore_eos=True)
-        forced = await engine.submit(Job.ask(QUESTIONS[0], params=params)).result()
+        forced = await engine.submit_nowait(Job.ask(QUESTIONS[0], params=params)).result()
         assert isinstance(forced, Done) and forced.finish_reason == "length", forced
         assert forced.completion_tokens == 200
         assert "<|im_end|>" not in forced.text and "<|im_start|>" not in forced.text
@@ -101,10 +103,10 @@ async def test_ignore_eos_answers_run_to_the_token_limit(engine_factory: EngineF
 async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factory: EngineFactory,
                                                                     parallel_slots: int) -> None:
     solo = await engine_factory()
-    expected = [(await solo.submit(Job.ask(q, params=GREEDY)).result()) for q in QUESTIONS]
+    expected = [(await solo.submit_nowait(Job.ask(q, params=GREEDY)).result()) for q in QUESTIONS]
     await solo.stop(grace_s=0)
     engine = await engine_factory(NUM_WORKERS=2)
-    handles = [engine.submit(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
+    handles = [engine.submit_nowait(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
     results = await asyncio.gather(*(h.result() for h in handles))
     assert [type(r) for r in results] == [Done] * len(QUESTIONS)
     assert_own_answers(results, expected, exact=parallel_slots == 1)
@@ -113,18 +115,19 @@ async def test_many_jobs_through_two_workers_get_their_own_answers(engine_factor
 
 def fill_slots(engine: Engine, n: int) -> list[JobHandle]:
     """Long answers that take every slot of a one-replica engine."""
-    return [engine.submit(Job.ask(f"Tell me a long story number {i}.", params=LONG)) for i in range(n)]
+    return [engine.submit_nowait(Job.ask(f"Tell me a long story number {i}.", params=LONG)) for i in range(n)]
 
 
 async def test_adaptive_threads_give_the_same_answers(engine_factory: EngineFactory, parallel_slots: int) -> None:
     fixed = await engine_factory(NUM_WORKERS=2)
-    expected = [(await fixed.submit(Job.ask(q, params=GREEDY)).result()) for q in QUESTIONS[:4]]
+    expected = [(await fixed.submit_nowait(Job.ask(q, params=GREEDY)).result()) for q in QUESTIONS[:4]]
     await fixed.stop(grace_s=0)
     adaptive = await engine_factory(NUM_WORKERS=2, NUM_THREADS="auto")
     assert adaptive.settings.adaptive_threads
     # alone (one replica uses every CPU), then together (the shares change in the middle of answers)
-    results = [await adaptive.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result()]
-    results += await asyncio.gather(*(adaptive.submit(Job.ask(q, params=GREEDY)).result() for q in QUESTIONS[1:4]))
+    results = [await adaptive.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY)).result()]
+    results += await asyncio.gather(*(adaptive.submit_nowait(Job.ask(q, params=GREEDY)).result()
+                                      for q in QUESTIONS[1:4]))
     # (the thread count itself changes no number: one slot answers token for token as with one thread)
     assert_own_answers(results, expected, exact=parallel_slots == 1)
 
@@ -134,11 +137,11 @@ async def test_queue_full_is_raised_at_once_and_positions_move(engine_factory: E
     engine = await engine_factory(QUEUE_MAX_SIZE=2)
     running, *others = fill_slots(engine, parallel_slots)
     await first_text(running)
-    second = engine.submit(Job.ask(QUESTIONS[1], params=GREEDY))
-    third = engine.submit(Job.ask(QUESTIONS[2], params=GREEDY))
+    second = engine.submit_nowait(Job.ask(QUESTIONS[1], params=GREEDY))
+    third = engine.submit_nowait(Job.ask(QUESTIONS[2], params=GREEDY))
     started = time.monotonic()
     with pytest.raises(QueueFull):
-        engine.submit(Job.ask(QUESTIONS[3], params=GREEDY))
+        engine.submit_nowait(Job.ask(QUESTIONS[3], params=GREEDY))
     assert time.monotonic() - started < 0.1
     assert engine.queued == 2
     running.cancel()
@@ -153,7 +156,7 @@ async def test_queue_full_is_raised_at_once_and_positions_move(engine_factory: E
 
 async def test_cancel_stops_generation_and_frees_the_replica(engine_factory: EngineFactory) -> None:
     engine = await engine_factory()
-    handle = engine.submit(Job.ask("Write a very long essay about the sea.", params=LONG))
+    handle = engine.submit_nowait(Job.ask("Write a very long essay about the sea.", params=LONG))
     await first_text(handle)
     cancelled_at = time.monotonic()
     handle.cancel()
@@ -161,14 +164,14 @@ async def test_cancel_stops_generation_and_frees_the_replica(engine_factory: Eng
     assert isinstance(result, Failed) and result.kind == "cancelled"
     assert time.monotonic() - cancelled_at < 2.0  # within a token or two, with room for a busy machine
     assert len(result.partial) > 0
-    after = await engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result()
+    after = await engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY)).result()
     assert isinstance(after, Done) and after.text
 
 
 async def test_cancel_of_a_queued_job_removes_it(engine_factory: EngineFactory, parallel_slots: int) -> None:
     engine = await engine_factory()
     running = fill_slots(engine, parallel_slots)
-    queued = engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))
+    queued = engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY))
     assert engine.queued == 1
     queued.cancel()
     result = await queued.result()
@@ -181,16 +184,16 @@ async def test_cancel_of_a_queued_job_removes_it(engine_factory: EngineFactory, 
 
 async def test_generation_timeout_is_reported_with_the_partial_text(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(GENERATION_TIMEOUT_S=2)
-    result = await engine.submit(Job.ask("Write a very long essay about mountains.", params=LONG)).result()
+    result = await engine.submit_nowait(Job.ask("Write a very long essay about mountains.", params=LONG)).result()
     assert isinstance(result, Failed) and result.kind == "timeout", result
     assert "2 s" in result.reason
     assert result.partial
-    assert isinstance(await engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), Done)
+    assert isinstance(await engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY)).result(), Done)
 
 
 async def test_killed_replica_fails_its_job_and_the_pool_heals(engine_factory: EngineFactory) -> None:
     engine = await engine_factory()
-    handle = engine.submit(Job.ask("Write a very long essay about rivers.", params=LONG))
+    handle = engine.submit_nowait(Job.ask("Write a very long essay about rivers.", params=LONG))
     await first_text(handle)
     pid = engine.replicas[0].pid
     assert pid is not None
@@ -198,7 +201,7 @@ async def test_killed_replica_fails_its_job_and_the_pool_heals(engine_factory: E
     result = await asyncio.wait_for(handle.result(), 10)
     assert isinstance(result, Failed) and result.kind == "crashed", result
     assert "SIGKILL" in result.reason
-    after = await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
+    after = await asyncio.wait_for(engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
     assert isinstance(after, Done) and after.text
     assert engine.replicas[0].pid not in (None, pid)
     assert engine.metrics.restarts._value.get() == 1
@@ -221,7 +224,7 @@ async def test_a_replica_killed_for_ignoring_a_cancel_is_replaced(engine_factory
     for other in handles[1:]:  # its neighbours in the batch die with it (or reach the same timeout first)
         ended = await asyncio.wait_for(other.result(), 10)
         assert isinstance(ended, Failed) and ended.kind in ("crashed", "timeout"), ended
-    after = await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
+    after = await asyncio.wait_for(engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
     assert isinstance(after, Done) and after.text, after
     assert engine.replicas[0].pid not in (None, pid)
     assert engine.metrics.restarts._value.get() == 1
@@ -230,7 +233,7 @@ async def test_a_replica_killed_for_ignoring_a_cancel_is_replaced(engine_factory
 @pytest.mark.parametrize("parallel_slots", [1])
 async def test_a_replica_killed_past_its_timeout_is_replaced(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(GENERATION_TIMEOUT_S=1)
-    handle = engine.submit(Job.ask("Write a very long essay about the sea.", params=LONG))
+    handle = engine.submit_nowait(Job.ask("Write a very long essay about the sea.", params=LONG))
     await first_text(handle)
     pid = engine.replicas[0].pid
     assert pid is not None
@@ -238,7 +241,7 @@ async def test_a_replica_killed_past_its_timeout_is_replaced(engine_factory: Eng
     result = await asyncio.wait_for(handle.result(), 30)
     assert isinstance(result, Failed) and result.kind == "timeout", result
     # the next question gets a new process, not "the model process is not running" for ever
-    after = await asyncio.wait_for(engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
+    after = await asyncio.wait_for(engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY)).result(), 60)
     assert isinstance(after, Done) and after.text, after
     assert engine.replicas[0].pid not in (None, pid)
 
@@ -246,15 +249,15 @@ async def test_a_replica_killed_past_its_timeout_is_replaced(engine_factory: Eng
 async def test_load_on_fly_keeps_no_model_while_idle(engine_factory: EngineFactory) -> None:
     engine = await engine_factory(LOAD_ON_FLY="true", KEEP_ALIVE_S=0)
     assert not engine.replicas[0].alive
-    result = await engine.submit(Job.ask(QUESTIONS[0], params=GREEDY)).result()
+    result = await engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY)).result()
     assert isinstance(result, Done) and result.text
     await _until(lambda: not engine.replicas[0].alive)
 
     kept = await engine_factory(LOAD_ON_FLY="true", KEEP_ALIVE_S=1)
-    assert isinstance(await kept.submit(Job.ask(QUESTIONS[1], params=GREEDY)).result(), Done)
+    assert isinstance(await kept.submit_nowait(Job.ask(QUESTIONS[1], params=GREEDY)).result(), Done)
     assert kept.replicas[0].alive  # kept for KEEP_ALIVE_S ...
     await _until(lambda: not kept.replicas[0].alive)  # ... then unloaded
-    assert isinstance(await kept.submit(Job.ask(QUESTIONS[1], params=GREEDY)).result(), Done)
+    assert isinstance(await kept.submit_nowait(Job.ask(QUESTIONS[1], params=GREEDY)).result(), Done)
 
 
 async def _until(condition: object, timeout: float = 15.0) -> None:
@@ -267,7 +270,7 @@ async def _until(condition: object, timeout: float = 15.0) -> None:
 async def test_same_seed_gives_same_text(engine_factory: EngineFactory) -> None:
     engine = await engine_factory()
     sampled = GenParams(max_new_tokens=24, temperature=0.9, seed=1234)
-    texts = [(await engine.submit(Job.ask("Tell me about cats.", params=p)).result()) for p in
+    texts = [(await engine.submit_nowait(Job.ask("Tell me about cats.", params=p)).result()) for p in
              (GREEDY, GREEDY, sampled, sampled)]
     assert all(isinstance(t, Done) for t in texts)
     a, b, c, d = (t.text for t in texts)  # type: ignore[union-attr]
@@ -278,25 +281,25 @@ async def test_history_is_trimmed_oldest_first_and_overlong_prompts_fail(engine_
     engine = await engine_factory(CONTEXT_LENGTH=256, MAX_NEW_TOKENS=16)
     filler = "This is an old message about nothing in particular. " * 6
     history = [Turn("user" if i % 2 == 0 else "assistant", f"{i}: {filler}") for i in range(10)]
-    events = [e async for e in engine.submit(Job(turns=(*history, Turn("user", "What is 2 + 2?"))))]
+    events = [e async for e in engine.submit_nowait(Job(turns=(*history, Turn("user", "What is 2 + 2?"))))]
     started = next(e for e in events if isinstance(e, Started))
     assert started.dropped_turns >= 8 and started.prompt_tokens <= 256 - 16
     assert isinstance(events[-1], Done)
-    result = await engine.submit(Job.ask("word " * 400)).result()
+    result = await engine.submit_nowait(Job.ask("word " * 400)).result()
     assert isinstance(result, Failed) and result.kind == "prompt_too_long"
     assert "too long" in result.reason
 
 
 async def test_duplicates_closed_engine_and_draining_shutdown(engine_factory: EngineFactory) -> None:
     engine = await engine_factory()
-    engine.submit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="evt-1"))
+    engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="evt-1"))
     with pytest.raises(DuplicateJob):
-        engine.submit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="evt-1"))
-    running = engine.submit(Job.ask(QUESTIONS[1], params=GREEDY))
+        engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="evt-1"))
+    running = engine.submit_nowait(Job.ask(QUESTIONS[1], params=GREEDY))
     await engine.stop(grace_s=30)  # drains: both finish
     assert isinstance(await running.result(), Done)
     with pytest.raises(EngineClosed):
-        engine.submit(Job.ask(QUESTIONS[2]))
+        engine.submit_nowait(Job.ask(QUESTIONS[2]))
     assert not any(r.alive for r in engine.replicas)
 
 
@@ -304,7 +307,7 @@ async def test_shutdown_past_its_grace_fails_running_jobs(engine_factory: Engine
                                                           parallel_slots: int) -> None:
     engine = await engine_factory()
     running = fill_slots(engine, parallel_slots)
-    queued = engine.submit(Job.ask(QUESTIONS[0], params=GREEDY))
+    queued = engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY))
     await first_text(running[0])
     await engine.stop(grace_s=0.2)
     for handle in (*running, queued):

@@ -9,8 +9,8 @@ import pytest
 from engine.config import EngineSettings
 from engine.errors import ConfigError
 from engine.types import Done, GenParams, Job, Started, Turn
+from testkit.ggml import write_gpt_neox_ggml
 from tests.conftest import EngineFactory
-from tests.ggml_fixture import write_gpt_neox_ggml
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ async def test_q5_0_gpt_neox_answers_through_the_engine(engine_factory: EngineFa
     assert "template=oasst" in engine.model_info.detail
     params = GenParams(max_new_tokens=20, temperature=0.0)
     conversation = (Turn("user", "Hi"), Turn("assistant", "Hello"), Turn("user", "What is the capital of France?"))
-    events = [e async for e in engine.submit(Job(turns=conversation, params=params))]
+    events = [e async for e in engine.submit_nowait(Job(turns=conversation, params=params))]
     started, done = events[0], events[-1]
     assert isinstance(started, Started) and started.prompt_tokens > 5 and started.dropped_turns == 0
     assert isinstance(done, Done) and done.completion_tokens == 20 and done.finish_reason == "length"
-    again = await engine.submit(Job(turns=conversation, params=params)).result()
+    again = await engine.submit_nowait(Job(turns=conversation, params=params)).result()
     assert isinstance(again, Done) and again.text == done.text  # greedy is deterministic

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from engine.backends.base import ModelInfo
 from engine.generation import generate_text
-from engine.types import GenParams
+from engine.types import FailureKind, GenParams
 
 EOS = 0
 
@@ -42,14 +42,15 @@ def run(pieces: list[bytes], stop: tuple[str, ...] = (), max_new: int = 100,
     emitted: list[str] = []
     calls = 0
 
-    def interrupt() -> str | None:
+    def interrupt() -> FailureKind | None:
         nonlocal calls
         calls += 1
-        return "cancelled" if interrupt_after is not None and calls >= interrupt_after else None
+        return FailureKind.CANCELLED if interrupt_after is not None and calls >= interrupt_after else None
 
     result = generate_text(ScriptedBackend(pieces), [1], GenParams(max_new_tokens=max_new, ignore_eos=ignore_eos), stop,
                            emitted.append, interrupt)
-    return result.text, emitted, result.completion_tokens, result.finish_reason
+    # (stopped from outside: the interruption's kind; else why it ended by itself)
+    return result.text, emitted, result.completion_tokens, result.ending.interrupted or result.ending.finish_reason
 
 
 def test_plain_text_until_eos() -> None:
@@ -92,6 +93,6 @@ def test_ignore_eos_counts_an_end_of_text_token_as_an_empty_one() -> None:
     emitted: list[str] = []
     result = generate_text(Looping([b"ab"]), [1], GenParams(max_new_tokens=5, ignore_eos=True), (),
                            emitted.append, lambda: None)
-    assert (result.text, result.completion_tokens, result.finish_reason) == ("ababab", 5, "length")
+    assert (result.text, result.completion_tokens, result.ending.finish_reason) == ("ababab", 5, "length")
     assert "".join(emitted) == "ababab"
     assert run([b"ab", b"cd"], max_new=5, ignore_eos=False)[2:] == (2, "stop")

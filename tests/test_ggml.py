@@ -10,7 +10,7 @@ import pytest
 
 from engine.errors import ModelFileError
 from engine.ggml import NeoxHparams, detect_architecture, read_ggml_header
-from tests.ggml_fixture import (
+from testkit.ggml import (
     dequantize_q5_0,
     fixture_vocab,
     neox_weights,

@@ -33,14 +33,15 @@ async def test_endpoints_report_state_and_metrics(engine_factory: EngineFactory)
         params = GenParams(max_new_tokens=8, temperature=0.0)
         tokens = 0
         for _ in range(2):
-            done = await engine.submit(Job.ask("Hi", params=params, platform="slack")).result()
+            done = await engine.submit_nowait(Job.ask("Hi", params=params, platform="slack")).result()
             assert isinstance(done, Done)
             tokens += done.completion_tokens
-        long = engine.submit(Job.ask("Tell me a long story.", params=GenParams(max_new_tokens=400, ignore_eos=True),
-                                        platform="slack"))
-        engine.submit(Job.ask("Hi", params=params, platform="slack"))
+        long = engine.submit_nowait(Job.ask("Tell me a long story.",
+                                            params=GenParams(max_new_tokens=400, ignore_eos=True),
+                                            platform="slack"))
+        engine.submit_nowait(Job.ask("Hi", params=params, platform="slack"))
         with pytest.raises(QueueFull):
-            engine.submit(Job.ask("Hi", params=params, platform="discord"))
+            engine.submit_nowait(Job.ask("Hi", params=params, platform="discord"))
         metrics = await (await client.get("/metrics")).text()
         long.cancel()
         await long.result()

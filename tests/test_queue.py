@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import QueueFull
-from engine.queue import JobQueue
+from engine.local.queue import JobQueue
 
 
 def test_fifo_bound_and_positions() -> None:

@@ -19,25 +19,18 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis import Redis
 
-from engbot.app import make_engine
 from engbot.http import make_app, readiness
+from engbot.run import make_submitter
+from engine.api import JobHandle
 from engine.config import EngineSettings, QueueSettings
-from engine.engine import JobHandle
 from engine.errors import ConfigError, DuplicateJob, EngineClosed, QueueFull
-from engine.redis_queue import (
-    SUBMIT,
-    SUBMIT_ATTEMPTS,
-    Keys,
-    RedisSubmitter,
-    RedisWorker,
-    event_from_wire,
-    event_to_wire,
-    job_from_json,
-    job_to_json,
-    merge_text,
-)
-from engine.types import Done, Event, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
-from tests.redis_fixtures import ROOT, FaultyRedisProxy, RedisServer, WorkerProcess, free_port
+from engine.redis import RedisHost, RedisSubmitter
+from engine.redis.codec import event_from_wire, event_to_wire, job_from_json, job_to_json, merge_text
+from engine.redis.keys import Keys
+from engine.redis.scripts import SUBMIT
+from engine.redis.submitter import SUBMIT_ATTEMPTS
+from engine.types import Done, Event, Failed, FailureKind, GenParams, Job, Queued, Started, TextPiece, Turn
+from testkit.redis_server import ROOT, FaultyRedisProxy, RedisServer, WorkerProcess, free_port
 
 VISIBILITY_S = 2
 GREEDY = GenParams(max_new_tokens=16, temperature=0.0, repeat_penalty=1.0)
@@ -196,26 +189,26 @@ async def test_the_bound_is_cluster_wide_and_busy_at_once(submitters: SubmitterF
     # a prefix no worker serves: jobs stay queued, then pass their deadline
     first = await submitters(margin_s=0.5, REDIS_KEY_PREFIX="bound:", REDIS_MAX_PENDING=2, JOB_DEADLINE_S=1)
     second = await submitters(margin_s=0.5, REDIS_KEY_PREFIX="bound:", REDIS_MAX_PENDING=2, JOB_DEADLINE_S=1)
-    waiting = [await first.asubmit(Job.ask("one")), await second.asubmit(Job.ask("two"))]
+    waiting = [await first.submit(Job.ask("one")), await second.submit(Job.ask("two"))]
     assert (waiting[0].position, waiting[1].position) == (0, 2)  # the second certainly waits: one is ahead
     for submitter in (first, second):
         began = time.monotonic()
         with pytest.raises(QueueFull):
-            await submitter.asubmit(Job.ask("three"))
+            await submitter.submit(Job.ask("three"))
         assert time.monotonic() - began < 0.5
     assert readiness(first, [])["ready"] is True
     # nobody answers: the handles give up at the deadline, and the expired jobs no longer count
     for handle in waiting:
         final = await asyncio.wait_for(handle.result(), 10)
         assert isinstance(final, Failed) and final.kind == "timeout" and "1 s" in final.reason
-    await first.asubmit(Job.ask("accepted again"))
+    await first.submit(Job.ask("accepted again"))
 
 
 async def test_the_reader_follows_the_latest_attempt_only(submitters: SubmitterFactory,
                                                          redis_server: RedisServer) -> None:
     # events written by hand, as two hosts would: no worker serves this prefix
     submitter = await submitters(REDIS_KEY_PREFIX="reader:")
-    handle = await submitter.asubmit(Job.ask("hi"))
+    handle = await submitter.submit(Job.ask("hi"))
     stream = Keys("reader:").events(handle.job.id)
 
     def batch(*events: tuple[int, int, Event]) -> dict[str, str]:
@@ -241,26 +234,26 @@ async def test_a_submit_without_a_reply_is_withdrawn(proxies: ProxyFactory, subm
     lossy = await submitters(REDIS_URL=proxy.url, **bound)
     job = Job.ask("hi")
     with pytest.raises(EngineClosed):  # Redis queued it, but no reply came back, to any attempt
-        await lossy.asubmit(job)
+        await lossy.submit(job)
     assert proxy.dropped == SUBMIT_ATTEMPTS
     with redis_client(redis_server) as r:
         await wait_until(lambda: r.xlen(keys.jobs) == 0)  # withdrawn by the adapter, which still reaches Redis
         assert r.get(keys.job(job.id)) == "withdrawn"
         direct = await submitters(**bound)
         with pytest.raises(EngineClosed):  # the same job again (as a late copy of the submit would): still withdrawn
-            await direct.asubmit(job)
+            await direct.submit(job)
         assert r.xlen(keys.jobs) == 0
         # the same while the caller gives up (cancelled) during the submit: Redis ran it, its reply is held
         hold = asyncio.Event()
         held = await submitters(REDIS_URL=(await proxies(hold=hold)).url, **bound)
-        task = asyncio.create_task(held.asubmit(Job.ask("hello")))
+        task = asyncio.create_task(held.submit(Job.ask("hello")))
         await wait_until(lambda: r.xlen(keys.jobs) == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         hold.set()
         await wait_until(lambda: r.xlen(keys.jobs) == 0)
-    handle = await direct.asubmit(Job.ask("the place is free"))  # not QueueFull
+    handle = await direct.submit(Job.ask("the place is free"))  # not QueueFull
     handle.cancel()
 
 
@@ -269,12 +262,12 @@ async def test_a_submit_without_a_reply_is_withdrawn(proxies: ProxyFactory, subm
 
 async def test_answers_stream_back_from_two_workers(workers: list[WorkerProcess], redis_server: RedisServer) -> None:
     # built as `engbot run` builds it, and served with its /readyz and /metrics
-    submitter = make_engine({"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url})
+    submitter = make_submitter({"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url})
     assert isinstance(submitter, RedisSubmitter)
     await submitter.start()
     try:
         async with TestClient(TestServer(make_app(submitter, lambda: []), host="127.0.0.1")) as client:
-            handles = [await submitter.asubmit(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
+            handles = [await submitter.submit(Job.ask(q, params=GREEDY)) for q in QUESTIONS]
             for handle in handles:
                 events = await collect(handle)
                 started = [e for e in events if isinstance(e, Started)]
@@ -302,9 +295,9 @@ async def test_answers_stream_back_from_two_workers(workers: list[WorkerProcess]
 async def test_a_duplicate_event_is_refused_across_adapter_processes(workers: list[WorkerProcess],
                                                                      submitters: SubmitterFactory) -> None:
     first, second = await submitters(), await submitters()
-    handle = await first.asubmit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="slack:Ev0001"))
+    handle = await first.submit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="slack:Ev0001"))
     with pytest.raises(DuplicateJob):
-        await second.asubmit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="slack:Ev0001"))
+        await second.submit(Job.ask(QUESTIONS[0], params=GREEDY, dedup_key="slack:Ev0001"))
     assert isinstance(await asyncio.wait_for(handle.result(), 60), Done)
 
 
@@ -313,7 +306,7 @@ async def test_a_lost_submit_reply_is_retried_without_queueing_the_job_twice(
         redis_server: RedisServer) -> None:
     proxy = await proxies(drops=1)
     submitter = await submitters(REDIS_URL=proxy.url)
-    handle = await submitter.asubmit(Job.ask(QUESTIONS[2], params=GREEDY))  # no "unavailable": it was queued
+    handle = await submitter.submit(Job.ask(QUESTIONS[2], params=GREEDY))  # no "unavailable": it was queued
     assert proxy.dropped == 1  # Redis ran the first submit; its reply was lost
     events = await collect(handle)
     assert [e.attempt for e in events if isinstance(e, Started)] == [1] and isinstance(events[-1], Done)
@@ -329,7 +322,7 @@ async def test_a_withdrawn_job_stops_on_its_worker(workers: list[WorkerProcess],
     proxy = await proxies(drops=SUBMIT_ATTEMPTS, hold=hold)
     submitter = await submitters(REDIS_URL=proxy.url)
     job = Job.ask("Tell me a long story about a lighthouse.", params=LONG)
-    task = asyncio.create_task(submitter.asubmit(job))
+    task = asyncio.create_task(submitter.submit(job))
     keys = Keys("engbot:")
     with redis_client(redis_server) as r:
         # Redis queued the job and a worker is answering it while the submit's reply is held; then it is lost,
@@ -348,7 +341,7 @@ async def test_the_deadline_stops_running_and_waiting_jobs(workers: list[WorkerP
     # a long margin: the "timeout" events must come from the workers, not from the handles giving up
     submitter = await submitters(margin_s=60, JOB_DEADLINE_S=2)
     began = time.monotonic()
-    handles = [await submitter.asubmit(Job.ask(f"Tell me a long story about {x}.", params=LONG))
+    handles = [await submitter.submit(Job.ask(f"Tell me a long story about {x}.", params=LONG))
                for x in ("a cat", "a dog", "a fox")]
     results = [await collect(handle, 30) for handle in handles]
     assert time.monotonic() - began < 15
@@ -360,7 +353,7 @@ async def test_the_deadline_stops_running_and_waiting_jobs(workers: list[WorkerP
     assert all(isinstance(events[-1], Failed) and events[-1].partial for events in cut)
     # both hosts are free again at once
     quick = await submitters()
-    handles = [await quick.asubmit(Job.ask(q, params=GREEDY)) for q in QUESTIONS[:2]]
+    handles = [await quick.submit(Job.ask(q, params=GREEDY)) for q in QUESTIONS[:2]]
     done = await asyncio.gather(*(collect(handle, 30) for handle in handles))
     assert all(isinstance(events[-1], Done) for events in done)
 
@@ -373,7 +366,7 @@ async def test_a_worker_runs_as_many_jobs_at_once_as_its_engine_has_slots(
     try:
         await asyncio.to_thread(proc.wait_ready)
         submitter = await submitters(REDIS_KEY_PREFIX="slots:")
-        handles = [await submitter.asubmit(Job.ask(q, params=STEADY))
+        handles = [await submitter.submit(Job.ask(q, params=STEADY))
                    for q in ("Explain how a bicycle works.", "Describe the water cycle.")]
         seen: list[Event] = []  # both jobs' events, in the order they arrived
 
@@ -401,7 +394,7 @@ async def test_a_stopping_worker_hands_its_job_back(redis_server: RedisServer, s
         submitter = await submitters(REDIS_KEY_PREFIX="drain:")
         # long enough on any machine to outlast the stopping worker's grace
         params = GenParams(max_new_tokens=600, temperature=0.0, repeat_penalty=1.0, ignore_eos=True)
-        handle = await submitter.asubmit(Job.ask("Explain how a bicycle works.", params=params))
+        handle = await submitter.submit(Job.ask("Explain how a bicycle works.", params=params))
         events: list[Event] = []
         async for event in handle:
             events.append(event)
@@ -432,9 +425,9 @@ async def test_a_host_cut_off_from_redis_writes_nothing_after_a_takeover(
     proxy = await proxies(drops=0)
     queue = {"QUEUE_BACKEND": "redis", "REDIS_KEY_PREFIX": "cut:", "REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S)}
     engine = EngineSettings.from_environ({"NUM_WORKERS": "1", "NUM_THREADS": "1", "PARALLEL_SLOTS": "1"})
-    cut_off = RedisWorker(QueueSettings.from_environ({**queue, "REDIS_URL": proxy.url}), engine)
-    other = RedisWorker(QueueSettings.from_environ({**queue, "REDIS_URL": redis_server.url}), engine)
-    running: list[RedisWorker] = []
+    cut_off = RedisHost(QueueSettings.from_environ({**queue, "REDIS_URL": proxy.url}), engine)
+    other = RedisHost(QueueSettings.from_environ({**queue, "REDIS_URL": redis_server.url}), engine)
+    running: list[RedisHost] = []
     events: list[Event] = []
 
     def attempts() -> list[int]:
@@ -444,7 +437,7 @@ async def test_a_host_cut_off_from_redis_writes_nothing_after_a_takeover(
         await cut_off.start()
         running.append(cut_off)
         submitter = await submitters(REDIS_KEY_PREFIX="cut:")
-        handle = await submitter.asubmit(Job.ask("Explain how a bicycle works.", params=STEADY))
+        handle = await submitter.submit(Job.ask("Explain how a bicycle works.", params=STEADY))
 
         async def follow() -> None:
             async for event in handle:
@@ -470,7 +463,7 @@ async def test_a_host_cut_off_from_redis_writes_nothing_after_a_takeover(
 async def test_a_killed_worker_s_job_is_taken_over(workers: list[WorkerProcess], submitters: SubmitterFactory,
                                                    redis_server: RedisServer) -> None:
     submitter = await submitters()
-    handle = await submitter.asubmit(Job.ask("Explain how a bicycle works.", params=STEADY))
+    handle = await submitter.submit(Job.ask("Explain how a bicycle works.", params=STEADY))
     events: list[Event] = []
     async for event in handle:
         events.append(event)
@@ -495,7 +488,7 @@ async def test_a_killed_worker_s_job_is_taken_over(workers: list[WorkerProcess],
 async def test_everything_recovers_after_redis_restarts(workers: list[WorkerProcess], submitters: SubmitterFactory,
                                                         redis_server: RedisServer) -> None:
     submitter = await submitters()
-    handle = await submitter.asubmit(Job.ask("Describe the water cycle.", params=STEADY))
+    handle = await submitter.submit(Job.ask("Describe the water cycle.", params=STEADY))
     events: list[Event] = []
     async for event in handle:
         events.append(event)
@@ -504,7 +497,7 @@ async def test_everything_recovers_after_redis_restarts(workers: list[WorkerProc
     redis_server.kill()
     began = time.monotonic()
     with pytest.raises(EngineClosed):
-        await submitter.asubmit(Job.ask(QUESTIONS[0], params=GREEDY))
+        await submitter.submit(Job.ask(QUESTIONS[0], params=GREEDY))
     assert time.monotonic() - began < 1.0
     assert readiness(submitter, [])["ready"] is False
     await asyncio.sleep(1.5)  # the worker keeps generating, buffering its events
@@ -515,9 +508,36 @@ async def test_everything_recovers_after_redis_restarts(workers: list[WorkerProc
     assert finals[0].text == answer_of_last_attempt(events)  # no piece lost or repeated
     # no process was restarted: new jobs flow again
     job = Job.ask(QUESTIONS[1], params=GREEDY)
-    again = await collect(await submitter.asubmit(job), 60)
+    again = await collect(await submitter.submit(job), 60)
     assert isinstance(again[-1], Done)
     assert submitter.connected and readiness(submitter, [])["ready"] is True
     alive = [p for p in workers if p.process.poll() is None]
     assert len(alive) == 1 and f"job {job.id[:8]} " in alive[0].log  # answered by the host that lived through it
     assert "cannot write its events" in alive[0].log  # it did see Redis go away mid-answer
+
+
+async def test_cancel_by_id_stops_the_job_on_its_host_and_frees_the_slot(
+        redis_server: RedisServer, submitters: SubmitterFactory, tmp_path: Path) -> None:
+    # one slot on one host: the second job can only run once the first one's slot is free
+    env = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": "cancel:",
+           "NUM_WORKERS": "1", "NUM_THREADS": "1", "PARALLEL_SLOTS": "1"}
+    proc = WorkerProcess(env, tmp_path / "cancel.log")
+    try:
+        await asyncio.to_thread(proc.wait_ready)
+        submitter = await submitters(REDIS_KEY_PREFIX="cancel:")
+        long = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)  # tens of seconds
+        victim = await submitter.submit(Job.ask("Write a very long essay about the sea.", params=long))
+        async for event in victim:
+            if isinstance(event, TextPiece):
+                break
+        waiting = await submitter.submit(Job.ask("What is 2 + 2?", params=GenParams(max_new_tokens=8)))
+        assert submitter.cancel(victim.job.id)
+        final = await victim.result()  # at once, with the text so far
+        assert isinstance(final, Failed) and final.kind is FailureKind.CANCELLED and final.partial
+        assert isinstance(await asyncio.wait_for(waiting.result(), 60), Done)
+        await wait_until(lambda: f"job {victim.job.id[:8]} platform=cli outcome=cancelled" in proc.log)
+        with redis_client(redis_server) as r:  # acknowledged: nobody will take it over and run it again
+            assert r.xpending("cancel:jobs", "cancel:workers")["pending"] == 0
+        assert not submitter.cancel(victim.job.id)
+    finally:
+        proc.stop()

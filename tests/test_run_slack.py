@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bots.base import Messages
-from tests.fake_slack import FakeSlack
+from bots.messages import Messages
+from testkit.fake_slack import FakeSlack
 
 ROOT = Path(__file__).resolve().parents[1]
 

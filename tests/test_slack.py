@@ -16,15 +16,18 @@ import pytest
 import pytest_asyncio
 from slack_sdk.signature import SignatureVerifier
 
-from bots.base import Messages
-from bots.slack import SlackAdapter, SlackConnectError, SlackSettings
+from bots.messages import Messages
+from bots.slack.adapter import SlackAdapter
+from bots.slack.client import SlackConnectError
+from bots.slack.settings import SlackSettings
 from bots.text import markdown_to_mrkdwn
-from engine.engine import Engine, JobHandle
+from engine.api import JobHandle
 from engine.errors import ConfigError
+from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, TextPiece, Turn
+from testkit.fake_slack import Call, FakeSlack
+from testkit.scripted import ScriptedEngine, answer, done, pieces, started
 from tests.conftest import make_settings
-from tests.fake_slack import Call, FakeSlack
-from tests.scripted_engine import ScriptedEngine, answer, done, pieces, started
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -34,16 +37,16 @@ StartAdapter = Callable[..., Awaitable[SlackAdapter]]
 
 
 class Recorder:
-    """A ``JobSubmitter`` in front of the engine that keeps every job offered and every handle returned."""
+    """A ``Submitter`` in front of the engine that keeps every job offered and every handle returned."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.jobs: list[Job] = []
         self.handles: list[JobHandle] = []
 
-    async def asubmit(self, job: Job) -> JobHandle:
+    async def submit(self, job: Job) -> JobHandle:
         self.jobs.append(job)
-        handle: JobHandle = self.engine.submit(job)
+        handle: JobHandle = self.engine.submit_nowait(job)
         self.handles.append(handle)
         return handle
 
@@ -97,7 +100,7 @@ async def settle(slack: FakeSlack, adapter: SlackAdapter) -> None:
 
 async def busy(engine: Engine) -> list[JobHandle]:
     """Occupy every slot of the engine's replica with a long job; returns once they all generate."""
-    handles = [engine.submit(Job.ask(f"Tell me a very long story about dragon number {i}.", params=LONG))
+    handles = [engine.submit_nowait(Job.ask(f"Tell me a very long story about dragon number {i}.", params=LONG))
                for i in range(engine.settings.parallel_slots)]
     for handle in handles:
         async for event in handle:
@@ -371,7 +374,7 @@ async def test_a_generation_timeout_ends_in_the_failure_text(slack: FakeSlack, s
 async def test_an_unexpected_error_is_logged_and_answered_with_the_generic_text(
         slack: FakeSlack, start_adapter: StartAdapter, caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
-        async def asubmit(self, job: Job) -> JobHandle:
+        async def submit(self, job: Job) -> JobHandle:
             raise RuntimeError("the submitter broke")
 
     await start_adapter(Broken())
@@ -546,3 +549,32 @@ async def test_close_lets_answers_in_flight_end_with_the_restart_notice(
         assert final.endswith(Messages.SHUTDOWN) and len(final) > len(Messages.SHUTDOWN)
     finally:
         await engine.stop(grace_s=0)
+
+
+@pytest.mark.parametrize("budget", [True, False], ids=["shared budget", "no budget"])
+async def test_answers_streaming_at_once_share_the_workspace_chat_update_budget(budget: bool) -> None:
+    # chat.update is rate tier 3, per workspace: 50 a minute, here scaled to 5 every 2 s (as edits every 0.1 s
+    # scale the once-a-second edits down)
+    limit = (5, 2.0)
+    async with FakeSlack(rate_limits={"chat.update": limit}) as slack:
+        engine = ScriptedEngine(answer("Rain falls on the roof, and the roof sings. " * 12), delay_s=0.005)
+        settings = SlackSettings(bot_token=slack.bot_token, app_token=slack.app_token, api_url=slack.api_url,
+                                 edit_interval_s=0.1, update_budget=limit if budget else (10_000, 1.0))
+        adapter = SlackAdapter(settings, engine)
+        await adapter.start()
+        try:
+            questions = [slack.user_says(f"<@UBOT> Write a poem about rain, number {i}.", user=f"U000{i}")
+                         for i in range(1, 5)]
+            for message in questions:
+                await slack.push(slack.as_mention(message))
+            finals = [await slack.wait_final(message["ts"], timeout=90) for message in questions]
+            await settle(slack, adapter)
+        finally:
+            await adapter.close(timeout_s=10)
+    assert len(engine.jobs) == 4
+    if budget:  # every answer whole, and Slack never had to say "slow down"
+        assert all(final.startswith("Rain falls on the roof") for final in finals), finals
+        assert not slack.limited
+        assert len(slack.calls_to("chat.update")) >= 4  # (each answer's final edit at least)
+    else:  # the same answers without the budget run into Slack's limit
+        assert slack.limited

@@ -7,27 +7,27 @@ from typing import Any
 
 import pytest
 
-from bots.base import Messages, Recent
-from bots.slack_events import (
+from bots.answer import Question
+from bots.decisions import Ask, Ignore, Notice
+from bots.limits import Recent
+from bots.messages import Messages
+from bots.sink import Control, Reply
+from bots.slack.events import (
     AccessPolicy,
     BotIdentity,
     CheckThread,
-    Deny,
-    Ignore,
     Ignored,
     MalformedEvent,
-    Notice,
-    Question,
     SlackMessage,
     bot_in_thread,
     bot_text_for_history,
-    build_job,
     decide,
     event_of,
     find_post,
     parse_message,
     plain_text,
     post_args,
+    source,
     thread_turns,
     update_args,
 )
@@ -36,6 +36,11 @@ from tests import slack_payloads as p
 
 ME = BotIdentity(user_id=p.BOT_USER, bot_id=p.BOT_ID)
 EVERYONE = AccessPolicy()
+
+
+def silent(decision: object) -> bool:
+    """Ignored without a log line: it was never for the bot."""
+    return isinstance(decision, Ignore) and not decision.log
 
 
 def message(body: dict[str, Any]) -> SlackMessage:
@@ -47,7 +52,7 @@ def message(body: dict[str, Any]) -> SlackMessage:
 def test_a_mention_and_its_message_copy_are_the_same_message_with_the_same_question() -> None:
     mention, copy = message(p.APP_MENTION), message(p.MESSAGE_WITH_MENTION)
     assert mention.key == copy.key == ("C0LAN2Q65", "1515449483.000108")
-    question = Question("What is a closure in Python (https://python.org)?")
+    question = Ask("What is a closure in Python (https://python.org)?")
     assert decide(mention, ME, EVERYONE) == decide(copy, ME, EVERYONE) == question
     assert mention.reply_thread_ts == "1515449483.000108" and not mention.in_thread
 
@@ -55,14 +60,14 @@ def test_a_mention_and_its_message_copy_are_the_same_message_with_the_same_quest
 def test_replies_go_to_the_thread_of_a_threaded_message() -> None:
     reply = message(p.MENTION_IN_THREAD)
     assert reply.in_thread and reply.reply_thread_ts == "1515449483.000108"
-    assert decide(reply, ME, EVERYONE) == Question("and in Rust?")
+    assert decide(reply, ME, EVERYONE) == Ask("and in Rust?")
 
 
 def test_dms_are_answered_without_a_mention() -> None:
     dm = message(p.DM)
-    assert dm.is_dm and decide(dm, ME, EVERYONE) == Question("How do I reverse a list?")
+    assert dm.is_dm and decide(dm, ME, EVERYONE) == Ask("How do I reverse a list?")
     with_file = message(p.FILE_SHARE_DM_WITH_TEXT)
-    assert with_file.has_files and decide(with_file, ME, EVERYONE) == Question("What does this log say?")
+    assert with_file.has_files and decide(with_file, ME, EVERYONE) == Ask("What does this log say?")
 
 
 @pytest.mark.parametrize(("payload", "reason"), [
@@ -81,30 +86,31 @@ def test_bookkeeping_and_bot_messages_never_trigger(payload: dict[str, Any], rea
 def test_thread_replies_without_a_mention_need_the_bot_in_the_thread() -> None:
     reply = message(p.THREAD_REPLY)
     assert decide(reply, ME, EVERYONE) == CheckThread()
-    assert isinstance(decide(reply, ME, EVERYONE, thread_is_ours=False), Ignore)
-    assert decide(reply, ME, EVERYONE, thread_is_ours=True) == Question(
+    assert silent(decide(reply, ME, EVERYONE, thread_is_ours=False))
+    assert decide(reply, ME, EVERYONE, thread_is_ours=True) == Ask(
         "Thanks! And what about <generators> & iterators?")
-    assert isinstance(decide(reply, ME, AccessPolicy(follow_threads=False)), Ignore)
+    assert silent(decide(reply, ME, AccessPolicy(follow_threads=False)))
     to_someone_else = replace(reply, text="<@U0G9QF9C6> what do you think?")
-    assert isinstance(decide(to_someone_else, ME, EVERYONE, thread_is_ours=True), Ignore)
+    assert silent(decide(to_someone_else, ME, EVERYONE, thread_is_ours=True))
     broadcast = message(p.THREAD_BROADCAST)
     assert decide(broadcast, ME, EVERYONE) == CheckThread()
-    assert isinstance(decide(message(p.TOP_LEVEL_CHATTER), ME, EVERYONE), Ignore)
+    assert silent(decide(message(p.TOP_LEVEL_CHATTER), ME, EVERYONE))
 
 
 def test_access_lists_deny_others_but_not_silently() -> None:
     mention = message(p.APP_MENTION)
     denied_user = decide(mention, ME, AccessPolicy(allowed_users=frozenset({"U0SOMEONE"})))
-    assert isinstance(denied_user, Deny) and "SLACK_ALLOWED_USERS" in denied_user.reason
+    assert isinstance(denied_user, Ignore) and denied_user.log and "SLACK_ALLOWED_USERS" in denied_user.reason
     denied_channel = decide(mention, ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"})))
-    assert isinstance(denied_channel, Deny) and "SLACK_ALLOWED_CHANNELS" in denied_channel.reason
+    assert isinstance(denied_channel, Ignore) and denied_channel.log
+    assert "SLACK_ALLOWED_CHANNELS" in denied_channel.reason
     allowed = AccessPolicy(allowed_channels=frozenset({"C0LAN2Q65"}), allowed_users=frozenset({"U061F7AUR"}))
-    assert isinstance(decide(mention, ME, allowed), Question)
+    assert isinstance(decide(mention, ME, allowed), Ask)
     # DMs are not in a channel list; the user list still applies
-    assert isinstance(decide(message(p.DM), ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"}))), Question)
+    assert isinstance(decide(message(p.DM), ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"}))), Ask)
     # in other channels the bot does not even look up threads
     reply = message(p.THREAD_REPLY)
-    assert isinstance(decide(reply, ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"}))), Ignore)
+    assert silent(decide(reply, ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"}))))
 
 
 def test_empty_mentions_get_help_and_files_alone_get_the_no_text_notice() -> None:
@@ -207,18 +213,37 @@ def test_history_tolerates_junk_and_falls_back_to_the_question() -> None:
     assert thread_turns(only_bot, reply, "Next?", ME) == (Turn("user", "Next?"),)
 
 
-def test_jobs_carry_the_platform_and_a_dedup_key_per_message() -> None:
+def test_jobs_carry_a_dedup_key_per_message_and_attempt() -> None:
     mention, copy = message(p.APP_MENTION), message(p.MESSAGE_WITH_MENTION)
-    turns = (Turn("user", "q"),)
-    job = build_job(mention, turns)
-    assert job.platform == "slack" and job.turns == turns and job.params is None
-    assert job.dedup_key == build_job(copy, turns).dedup_key == "slack:C0LAN2Q65:1515449483.000108"
+
+    async def turns() -> tuple[Turn, ...]:
+        return (Turn("user", "q"),)
+
+    first = Question(mention.user, source(mention), turns)
+    assert first.dedup_key("slack") == Question(copy.user, source(copy), turns).dedup_key("slack") == \
+        "slack:C0LAN2Q65:1515449483.000108"
+    # a second attempt at the same question (regenerate) is another job, never refused as a duplicate
+    assert replace(first, attempt=2).dedup_key("slack") == "slack:C0LAN2Q65:1515449483.000108#2"
 
 
 def test_api_arguments_put_replies_in_the_thread() -> None:
-    assert post_args("C1", "1.2", "hi") == {"channel": "C1", "thread_ts": "1.2", "text": "hi",
-                                            "unfurl_links": False, "unfurl_media": False}
-    assert update_args("C1", "1.3", "edited") == {"channel": "C1", "ts": "1.3", "text": "edited"}
+    assert post_args("C1", "1.2", Reply("hi")) == {"channel": "C1", "thread_ts": "1.2", "text": "hi",
+                                                   "unfurl_links": False, "unfurl_media": False}
+    assert update_args("C1", "1.3", Reply("edited")) == {"channel": "C1", "ts": "1.3", "text": "edited"}
+
+
+def test_controls_become_a_button_row_under_the_text() -> None:
+    stop = Control("stop", "Stop", value="job1", style="danger")
+    args = post_args("C1", "1.2", Reply("*Thinking*", (stop,)))
+    assert args["text"] == "*Thinking*"  # the notification fallback
+    section, actions = args["blocks"]
+    assert section == {"type": "section", "text": {"type": "mrkdwn", "text": "*Thinking*"}}
+    assert actions["type"] == "actions"
+    assert actions["elements"] == [{"type": "button", "action_id": "engbot:stop:job1", "value": "job1",
+                                    "style": "danger", "text": {"type": "plain_text", "text": "Stop", "emoji": True}}]
+    # once a message had controls, every edit sends its blocks; an empty list takes the buttons away
+    assert update_args("C1", "1.3", Reply("done"), clear_blocks=True)["blocks"] == []
+    assert "blocks" not in update_args("C1", "1.3", Reply("done"))
 
 
 def test_a_lost_post_is_found_in_the_thread_by_its_text_after_the_question() -> None:

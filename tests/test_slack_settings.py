@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bots.base import rate_limit_from_environ
-from bots.slack import SlackSettings
+from bots.limits import rate_limit_from_environ
+from bots.slack.settings import SlackSettings
 from engine.errors import ConfigError
 
 BOT = "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"

@@ -1,4 +1,4 @@
-"""``bots.base.stream_reply``, the streaming every adapter shares: scripted engine events into an in-memory thread.
+"""``bots.stream.stream_reply``, the streaming every adapter shares: scripted engine events into an in-memory thread.
 
 The adapters' own tests run it against the fake Slack and Discord; these pin down what holds on any platform.
 """
@@ -7,43 +7,18 @@ from __future__ import annotations
 
 import pytest
 
-from bots.base import Messages, StreamStyle, stream_reply
+from bots.messages import Messages
+from bots.sink import Reply
+from bots.stream import StreamStyle, stream_reply
 from engine.types import Done, Event, Failed, Job
-from tests.scripted_engine import ScriptedEngine, answer, done, pieces, started
-
-
-class Thread:
-    """A ``Sink`` that keeps the conversation in memory; ``can_delete=False`` as where deleting is refused."""
-
-    def __init__(self, *, can_delete: bool = True) -> None:
-        self.can_delete = can_delete
-        self.messages: dict[str, str] = {}  # id -> text, in posting order
-        self.calls: list[tuple[str, str]] = []  # (operation, message id)
-        self._ids = iter(range(1, 1_000_000))
-
-    async def post(self, text: str) -> str:
-        message_id = str(next(self._ids))
-        self.messages[message_id] = text
-        self.calls.append(("post", message_id))
-        return message_id
-
-    async def edit(self, message_id: str, text: str) -> None:
-        if message_id not in self.messages:
-            raise LookupError(f"no message {message_id}")
-        self.messages[message_id] = text
-        self.calls.append(("edit", message_id))
-
-    async def delete(self, message_id: str) -> None:
-        if not self.can_delete:
-            raise PermissionError("deleting is not allowed here")
-        del self.messages[message_id]
-        self.calls.append(("delete", message_id))
+from testkit.memory_sink import MemorySink as Thread
+from testkit.scripted import ScriptedEngine, answer, done, pieces, started
 
 
 async def stream(events: list[Event], style: StreamStyle, thread: Thread) -> Done | Failed:
-    handle = await ScriptedEngine(events, delay_s=0).asubmit(Job.ask("question"))
-    placeholder = await thread.post(Messages.THINKING)
-    return await stream_reply(handle, thread, placeholder, style, placeholder=Messages.THINKING)
+    handle = await ScriptedEngine(events, delay_s=0).submit(Job.ask("question"))
+    placeholder = await thread.post(Reply(Messages.THINKING))
+    return await stream_reply(handle, thread, placeholder, style, placeholder=Reply(Messages.THINKING))
 
 
 async def test_text_is_rendered_once_per_edit_not_once_per_piece() -> None:

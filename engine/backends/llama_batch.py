@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.backends.base import ModelInfo
-from engine.backends.llama_cpp import common_prefix, eog_tokens, load_cpu_backend, set_threads
+from engine.backends.llama_cpp import eog_tokens, load_cpu_backend, set_threads
+from engine.backends.sched import Evict, Part, SeqState, choose_slot, make_room, plan_step, preempt, reusable_prefix
 from engine.errors import ConfigError, ModelFileError
 from engine.types import GenParams
 
@@ -35,24 +36,8 @@ PENALTY_LAST_N = 64  # llama-cpp-python's default window for the repeat penalty
 
 
 @dataclass(slots=True)
-class _Slot:
-    sampler: Any
-    tokens: list[int]  # tokens whose KV cells are in the cache, in order
-    pending: list[int] = field(default_factory=list)  # tokens still to read: the prompt, or text read again
-    last: int = -1  # the token sampled last, to be decoded next
-    full: bool = False  # the slot's context is full: no further token fits
-    order: int = 0  # when the sequence arrived: the newest steps back first when the cache is full
-    preempted: int = 0  # times it gave its cells up
-
-
-@dataclass(slots=True)
-class _Part:
-    """What one sequence puts into a batch."""
-
-    slot: int
-    tokens: list[int]
-    reading: bool  # prompt (or recomputed) tokens, not a generated one
-    wants_logits: bool
+class _Slot(SeqState):
+    sampler: Any = None
 
 
 class CacheFull(Exception):
@@ -155,17 +140,8 @@ class BatchedLlama:
         return len(self._active)
 
     def choose_slot(self, prompt_tokens: list[int], free: list[int]) -> int:
-        """The free slot to answer ``prompt_tokens`` in: the one that saves the most reading for what it throws
-        away. A follow-up finds its whole conversation in a slot (it saves all, loses nothing); a new conversation
-        shares only the system prompt with a kept one, and would lose the rest of it, so it takes an empty slot,
-        or else the one with the least kept. Ties go to the least recently used slot."""
-
-        def value(slot: int) -> tuple[int, int]:
-            kept = self._kept.get(slot, [])
-            shared = common_prefix(kept, prompt_tokens)
-            return shared - (len(kept) - shared), -self._used[slot]
-
-        return max(free, key=value)
+        """The free slot to answer ``prompt_tokens`` in (``sched.choose_slot``)."""
+        return choose_slot(prompt_tokens, free, self._kept, self._used)
 
     def add(self, slot: int, prompt_tokens: list[int], params: GenParams) -> int:
         """Start a sequence in ``slot`` (which must be free); its prompt is read by the next steps. Returns how many
@@ -188,11 +164,11 @@ class BatchedLlama:
             sampler.add_temp(params.temperature)
             sampler.add_dist(params.seed)
         # the last prompt token is always read again: its logits give the first answer token
-        cached = min(common_prefix(self._kept.pop(slot, []), prompt_tokens), len(prompt_tokens) - 1)
+        cached = reusable_prefix(self._kept.pop(slot, []), prompt_tokens)
         self._ctx.kv_cache_seq_rm(slot, cached, -1)
         order = next(self._clock)
-        self._active[slot] = _Slot(sampler, tokens=list(prompt_tokens[:cached]), pending=list(prompt_tokens[cached:]),
-                                   order=order)
+        self._active[slot] = _Slot(tokens=list(prompt_tokens[:cached]), pending=list(prompt_tokens[cached:]),
+                                   order=order, sampler=sampler)
         self._used[slot] = order
         return cached
 
@@ -236,24 +212,11 @@ class BatchedLlama:
                 out.append((part.slot, state.last))
         return out
 
-    def _plan(self) -> list[_Part]:
-        """This step's batch: one token of every generating sequence, then prompt chunks with what is left."""
-        parts: list[_Part] = []
-        budget = self._batch_tokens
-        for slot, state in sorted(self._active.items(), key=lambda item: bool(item[1].pending)):
-            if state.pending:
-                take = state.pending[: max(0, budget)]  # (more slots than batch tokens: nothing left)
-                if take:
-                    budget -= len(take)
-                    parts.append(_Part(slot, take, True, len(take) == len(state.pending)))
-            elif len(state.tokens) < self.n_ctx and budget > 0:
-                budget -= 1
-                parts.append(_Part(slot, [state.last], False, True))
-            elif len(state.tokens) >= self.n_ctx:
-                state.full = True
-        return parts
+    def _plan(self) -> list[Part]:
+        """This step's batch (``sched.plan_step``)."""
+        return plan_step(self._active, self._batch_tokens, self.n_ctx)
 
-    def _decode(self, parts: list[_Part]) -> None:
+    def _decode(self, parts: list[Part]) -> None:
         batch = self._batch.batch
         n = 0
         self._logits_at = []
@@ -277,32 +240,21 @@ class BatchedLlama:
                 raise CacheFull from None
             raise
 
-    def _make_room(self, parts: list[_Part]) -> list[_Part]:
-        """The cache is full: free cells, or take the newest sequence out of this step. Returns the parts to try
-        next (the oldest sequence fits on its own: no sequence grows past n_ctx <= kv_tokens).
-
-        The newest sequence is chosen among all that hold cells, not only those in this batch: a prompt that got
-        no room in the batch (the batch went to an older, longer prompt) may hold cells read earlier or found in
-        the prefix cache, and if only batch members stepped back, the oldest could wait for ever for cells such
-        a sequence never gives up. (A full sequence is left alone: it ends after this step.)"""
-        if self._kept:
-            slot = min(self._kept, key=lambda s: self._used[s])
-            self._ctx.kv_cache_seq_rm(slot, -1, -1)
-            del self._kept[slot]
+    def _make_room(self, parts: list[Part]) -> list[Part]:
+        """The cache is full: free cells, or take a sequence out of this step (``sched.make_room``). Returns the
+        parts to try next."""
+        choice = make_room(parts, self._active, self._kept, self._used)
+        if isinstance(choice, Evict):
+            self._ctx.kv_cache_seq_rm(choice.slot, -1, -1)
+            del self._kept[choice.slot]
             return parts
-        in_batch = {part.slot for part in parts}
-        candidates = [slot for slot, state in self._active.items()
-                      if slot in in_batch or (not state.full and (state.tokens or state.last >= 0))]
-        newest = max(candidates, key=lambda slot: self._active[slot].order)
-        state = self._active[newest]
-        if state.tokens or state.last >= 0:  # it holds cells: give them up, read it all again later
+        if choice.preempt:
+            state = self._active[choice.slot]
             log.info("KV cache full (%d tokens): slot %d gives up %d cells and reads its text again later",
-                     self.kv_tokens, newest, len(state.tokens))
-            self._ctx.kv_cache_seq_rm(newest, -1, -1)
-            state.pending = state.tokens + ([state.last] if not state.pending else []) + state.pending
-            state.tokens, state.last = [], -1
-            state.preempted += 1
-        return [part for part in parts if part.slot != newest]
+                     self.kv_tokens, choice.slot, len(state.tokens))
+            self._ctx.kv_cache_seq_rm(choice.slot, -1, -1)
+            preempt(state)
+        return [part for part in parts if part.slot != choice.slot]
 
     def preemptions(self, slot: int) -> int:
         return self._active[slot].preempted

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import ModelInfo
+from engine.backends.sched import reusable_prefix
 from engine.errors import ModelFileError
 from engine.types import GenParams
 
@@ -43,16 +44,6 @@ def set_threads(ctx: Any, threads: int) -> None:
     from llama_cpp import llama_set_n_threads
 
     llama_set_n_threads(ctx, threads, threads)
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def eog_tokens(vocab: Any, n_vocab: int) -> list[int]:
@@ -139,7 +130,7 @@ class LlamaCppBackend:
         """How many of these prompt tokens ``generate`` will find in the cache (llama-cpp-python keeps the last
         sequence's KV cells and reads only what differs; the last prompt token is always read again)."""
         llm = self._llm
-        return min(common_prefix(list(llm._input_ids[: llm.n_tokens]), prompt_tokens), len(prompt_tokens) - 1)
+        return reusable_prefix(list(llm._input_ids[: llm.n_tokens]), prompt_tokens)
 
     def generate(self, prompt_tokens: list[int], params: GenParams) -> Iterator[int]:
         # reset=True still reuses the longest cached prefix (a thread's follow-up skips re-reading history)

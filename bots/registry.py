@@ -1,0 +1,83 @@
+"""The chat platforms engbot knows. ``engbot run`` starts an adapter for each one whose settings are present, and
+``engbot doctor`` checks each one's settings; neither names a platform. Adding one is a folder in ``bots/`` with
+``settings_from_environ`` and ``make_adapter``, a line here, and its settings in ``.env.example``
+(docs/extending.md)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from engine.api import Submitter
+
+
+class Adapter(Protocol):
+    """What ``engbot run`` needs of a platform's adapter."""
+
+    name: str
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the platform now (for /readyz)."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Events being handled now (mostly answers being streamed)."""
+        ...
+
+    async def start(self) -> None:
+        """Connect; return once events can arrive. ``ConfigError`` (naming the variable) for a token the platform
+        refuses; another exception when the platform cannot be reached."""
+        ...
+
+    async def stop_intake(self) -> None:
+        """Take no new questions; answers in flight go on."""
+        ...
+
+    async def close(self) -> None:
+        """Wait a while for the answers in flight (the submitter's shutdown ends them), then disconnect."""
+        ...
+
+
+class PlatformModule(Protocol):
+    """What a platform's package (``bots/<name>/__init__.py``) provides."""
+
+    def settings_from_environ(self, environ: Mapping[str, str]) -> Any:
+        """Its settings, checked (``ConfigError`` naming the variable); None when the platform is not configured."""
+        ...
+
+    def make_adapter(self, settings: Any, submitter: Submitter) -> Adapter: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    name: str
+    package: str  # imported only when used
+    env_prefix: str  # its settings' names start with this
+
+    def load(self) -> PlatformModule:
+        return cast(PlatformModule, importlib.import_module(self.package))
+
+
+PLATFORMS = (
+    Platform("slack", "bots.slack", "SLACK_"),
+    Platform("discord", "bots.discord", "DISCORD_"),
+)
+
+
+def configured(environ: Mapping[str, str]) -> list[tuple[Platform, Any]]:
+    """The platforms whose settings are present, with their checked settings (``ConfigError`` for a bad value)."""
+    found = []
+    for platform in PLATFORMS:
+        settings = platform.load().settings_from_environ(environ)
+        if settings is not None:
+            found.append((platform, settings))
+    return found
+
+
+def adapters_from_environ(environ: Mapping[str, str], submitter: Submitter) -> list[Adapter]:
+    """An adapter for every configured platform."""
+    return [platform.load().make_adapter(settings, submitter) for platform, settings in configured(environ)]

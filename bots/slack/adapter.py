@@ -1,0 +1,300 @@
+"""The Slack adapter: slack-bolt over Socket Mode (or HTTP); each question answered in its thread through the
+shared answer flow (``bots/answer.py``).
+
+    event -> bolt acks it -> our task: parse, deduplicate, decide (``events.py``) -> AnswerFlow -> thread
+
+This module only moves bytes: the decisions are ``events.py``'s, the replies ``sink.py``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from asyncio_throttle.throttler import Throttler
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bots.answer import AnswerFlow, Question
+from bots.decisions import Ask, Ignore, Notice
+from bots.limits import RateLimiter, Recent
+from bots.slack.client import SlackConnectError, SocketModeHandler, read_thread, web_client
+from bots.slack.events import (
+    BotIdentity,
+    CheckThread,
+    Ignored,
+    MalformedEvent,
+    SlackMessage,
+    bot_in_thread,
+    decide,
+    event_of,
+    parse_message,
+    source,
+    thread_turns,
+)
+from bots.slack.settings import SlackSettings
+from bots.slack.sink import THREADS_TTL_S, SlackTarget, SlackThread
+from bots.stream import StreamStyle
+from bots.text import markdown_to_mrkdwn
+from engine.api import Submitter
+from engine.config import mask
+from engine.errors import ConfigError
+from engine.types import Turn
+
+log = logging.getLogger("engbot.slack")
+
+EVENTS_PATH = "/slack/events"
+CONNECT_TIMEOUT_S = 30.0
+SEEN_TTL_S = 900.0  # Slack retries an event for about 5 minutes
+BOLT_APP_NAME = "slack_bolt.engbot"
+
+
+class SlackAdapter:
+    """Answers Slack mentions, DMs and follow-ups in threads it answered in, with the engine's jobs."""
+
+    name = "slack"
+
+    def __init__(self, settings: SlackSettings, submitter: Submitter) -> None:
+        self.settings = settings
+        self.submitter = submitter
+        self.me: BotIdentity | None = None
+        self.client: AsyncWebClient | None = None
+        style = StreamStyle(limit=settings.message_limit, edit_interval_s=settings.edit_interval_s,
+                            render=markdown_to_mrkdwn)
+        self.flow = AnswerFlow("slack", submitter,
+                               RateLimiter(settings.rate_limit_per_user, settings.rate_limit_period_s), style)
+        # chat.update is rate tier 3 for the whole workspace: every answer's edits share one budget
+        burst, period = settings.update_budget
+        self.update_budget = Throttler(rate_limit=burst, period=period, retry_interval=0.05)
+        self._seen: Recent[tuple[str, str], bool] = Recent(SEEN_TTL_S, 20_000)
+        self._threads: Recent[tuple[str, str], bool] = Recent(THREADS_TTL_S, 20_000)  # thread -> bot posted in it
+        self._posted: Recent[tuple[str, str], bool] = Recent(SEEN_TTL_S, 20_000)  # (channel, ts) of our posts
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._socket: SocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self._taking = False
+
+    def __repr__(self) -> str:
+        return f"<SlackAdapter mode={self.settings.mode} connected={self.connected} in_flight={self.in_flight}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Events being handled now (most of them: answers being streamed)."""
+        return len(self._tasks)
+
+    @property
+    def connected(self) -> bool:
+        """Socket Mode: the WebSocket is open; HTTP mode: the server is listening."""
+        if not self._taking:
+            return False
+        if self._socket is not None:
+            session = self._socket.client.current_session
+            return session is not None and not session.closed and not self._socket.client.closed
+        return self._runner is not None
+
+    @property
+    def http_port(self) -> int | None:
+        """The port the HTTP server listens on (SLACK_HTTP_PORT=0 picks a free one)."""
+        if self._runner is None or not self._runner.addresses:
+            return None
+        return int(self._runner.addresses[0][1])
+
+    async def start(self) -> None:
+        """Check the tokens, then connect Socket Mode (or start the HTTP server); returns once events can
+        arrive. Raises ``ConfigError`` naming the token Slack rejected, ``SlackConnectError`` when Slack cannot
+        be reached."""
+        self._session = aiohttp.ClientSession()
+        self.client = web_client(self.settings, self._session)
+        try:
+            auth = await self._call("SLACK_BOT_TOKEN", self.settings.bot_token, self.client.auth_test())
+            self.me = BotIdentity(user_id=str(auth["user_id"]), bot_id=auth.get("bot_id"))
+            app = self._bolt_app(self.client)
+            if self.settings.mode == "socket":
+                await self._connect_socket(app)
+            else:
+                await self._serve_http(app)
+        except BaseException:
+            await self._close_clients()
+            raise
+        self._taking = True
+        log.info("Slack: connected as bot user %s (%s mode, API %s)", self.me.user_id, self.settings.mode,
+                 self.settings.api_url)
+
+    async def _call(self, variable: str, token: str, call: Coroutine[Any, Any, Any]) -> Any:
+        """Await a call that checks ``token``, mapping Slack's and the network's errors to ours."""
+        try:
+            return await call
+        except SlackApiError as exc:
+            error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
+            if error in ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+                         "not_allowed_token_type"):
+                raise ConfigError(variable, mask(variable, token), f"Slack rejected the token: {error}") from None
+            raise SlackConnectError(f"Slack answered {error or exc.response.status_code} to a check of {variable}"
+                                    ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise SlackConnectError(f"cannot reach the Slack API at {self.settings.api_url}: "
+                                    f"{type(exc).__name__}: {exc}") from None
+
+    def _bolt_app(self, client: AsyncWebClient) -> AsyncApp:
+        app = AsyncApp(
+            client=client,
+            # bolt names loggers after the app and sets their level to its own logger's on every event: a name
+            # inside slack_bolt's hierarchy keeps its hands off ours ("engbot" would silence engbot.* below WARNING)
+            name=BOLT_APP_NAME,
+            logger=logging.getLogger("slack_bolt"),
+            signing_secret=self.settings.signing_secret,
+            request_verification_enabled=self.settings.mode == "http",
+        )
+
+        async def on_event(body: dict[str, Any]) -> None:
+            # bolt has acked (or will ack) the event; the answer runs on its own task either way
+            self._spawn(self._on_event(body, time.monotonic()))
+
+        async def on_error(error: Exception) -> BoltResponse:
+            # bolt's own middleware trips over some malformed payloads: log, and ack so Slack does not retry it
+            log.warning("Slack: skipped an event slack-bolt could not process: %s: %s", type(error).__name__, error)
+            log.debug("Slack: the error was", exc_info=error)
+            return BoltResponse(status=200, body="")
+
+        app.event("app_mention")(on_event)
+        app.event("message")(on_event)
+        app.error(on_error)
+        return app
+
+    async def _connect_socket(self, app: AsyncApp) -> None:
+        assert self.client is not None and self.settings.app_token is not None
+        # Ask for the first socket URL ourselves: the socket client retries a rejected app token forever.
+        opened = await self._call("SLACK_APP_TOKEN", self.settings.app_token,
+                                  self.client.apps_connections_open(app_token=self.settings.app_token))
+        self._socket = SocketModeHandler(app, app_token=self.settings.app_token, web_client=self.client,
+                                              logger=logging.getLogger("slack_sdk.socket_mode"))
+        self._socket.client.wss_uri = str(opened["url"])
+        try:
+            await asyncio.wait_for(self._socket.connect_async(), CONNECT_TIMEOUT_S)  # type: ignore[no-untyped-call]
+        except TimeoutError:
+            raise SlackConnectError(f"the Socket Mode connection did not open within {CONNECT_TIMEOUT_S:.0f} s"
+                                    ) from None
+
+    async def _serve_http(self, app: AsyncApp) -> None:
+        async def events(request: web.Request) -> web.Response:
+            try:
+                return await to_aiohttp_response(await app.async_dispatch(await to_bolt_request(request)))
+            except Exception as exc:
+                log.warning("Slack: skipped a request slack-bolt could not process: %s: %s", type(exc).__name__, exc)
+                return web.Response(status=200)
+
+        web_app = web.Application()
+        web_app.router.add_post(EVENTS_PATH, events)
+        self._runner = web.AppRunner(web_app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SlackConnectError(f"cannot listen on {self.settings.http_host}:{self.settings.http_port} "
+                                    f"(SLACK_HTTP_HOST/SLACK_HTTP_PORT): {exc}") from None
+        log.info("Slack: receiving events at http://%s:%d%s", self.settings.http_host, self.http_port, EVENTS_PATH)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop_intake(self) -> None:
+        """Take no more events: close the socket (or stop the HTTP server). Replies in flight go on."""
+        self._taking = False
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                await self._socket.close_async()  # type: ignore[no-untyped-call]
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def close(self, timeout_s: float = 60.0) -> None:
+        """Stop intake, wait up to ``timeout_s`` for the replies in flight (an engine shutting down ends them
+        with a final "restarting" edit), then close the HTTP clients."""
+        await self.stop_intake()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        if self._socket is not None and not self._socket.client.closed:
+            with contextlib.suppress(Exception):
+                await self._socket.close_async()  # type: ignore[no-untyped-call]
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    # ---- one event ----
+
+    async def _on_event(self, body: Any, received: float) -> None:
+        assert self.me is not None and self.client is not None
+        try:
+            parsed = parse_message(event_of(body), self.me)
+        except MalformedEvent as exc:
+            event_id = body.get("event_id") if isinstance(body, Mapping) else None
+            log.warning("Slack: skipped a malformed event %s: %s", event_id or "(no id)", exc)
+            return
+        if isinstance(parsed, Ignored):
+            return
+        message = parsed
+        if not self._seen.first_time(message.key, True):
+            log.debug("Slack: %s %s delivered again; answered once", message.channel, message.ts)
+            return
+        thread = SlackThread(self.client, message.channel, message.reply_thread_ts, self.me, after=message.ts,
+                             posted=self._posted, update_budget=self.update_budget)
+        thread_key = (message.channel, message.reply_thread_ts)
+        target = SlackTarget(thread, lambda: self._threads.put(thread_key, True), received)
+        try:
+            history: list[Any] | None = None
+            decision = decide(message, self.me, self.settings.policy)
+            if isinstance(decision, CheckThread):
+                ours = self._threads.get(thread_key)
+                if ours is None:
+                    history = await self._history(message)
+                    ours = history is not None and bot_in_thread(history, self.me)
+                    if history is not None:  # a failed read is no answer: ask again next time
+                        self._threads.put(thread_key, ours)
+                decision = decide(message, self.me, self.settings.policy, thread_is_ours=ours)
+            if isinstance(decision, Ignore):
+                if decision.log:
+                    log.info("Slack: not answering: %s", decision.reason)
+                return
+            if isinstance(decision, Notice):
+                await target.notice(decision.text)
+                return
+            assert isinstance(decision, Ask)
+            me, prompt, known = self.me, decision.prompt, history
+
+            async def turns() -> tuple[Turn, ...]:
+                read = known if known is not None or not message.in_thread else await self._history(message)
+                return thread_turns(read or [], message, prompt, me, allowed_users=self.settings.allowed_users)
+
+            await self.flow.answer(Question(user=message.user, source=source(message), turns=turns), target)
+        except Exception:
+            log.exception("Slack: answering %s %s failed", message.channel, message.ts)
+
+    async def _history(self, message: SlackMessage) -> list[Any] | None:
+        """The thread's messages, oldest first; None (logged) when Slack does not give them."""
+        assert self.client is not None
+        try:
+            return await read_thread(self.client, message.channel, message.reply_thread_ts)
+        except (SlackApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("Slack: could not read thread %s %s: %s", message.channel, message.reply_thread_ts, exc)
+            return None

@@ -1,0 +1,153 @@
+"""slack_sdk's clients as engbot uses them: which calls are retried and how, reading a thread, and a Socket Mode
+handler that acks what it cannot process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bots.slack.settings import SlackSettings
+
+log = logging.getLogger("engbot.slack")
+
+HISTORY_PAGES = 5  # conversations.replies pages of 200: the model's context holds far less anyway
+# Web API methods that are safe to send twice (reads; writes whose repetition changes nothing). Not
+# chat.postMessage: a retry after a 5xx or a lost connection can post the message twice.
+IDEMPOTENT_METHODS = frozenset({
+    "auth.test", "apps.connections.open", "chat.update", "chat.delete", "conversations.replies",
+    "conversations.history", "conversations.info", "users.info",
+})
+
+
+class SlackConnectError(RuntimeError):
+    """Slack could not be reached (network, DNS, TLS) or the socket did not connect in time."""
+
+
+def api_method(request: HttpRequest) -> str:
+    """The Web API method a request calls, e.g. ``chat.postMessage``."""
+    return urlsplit(request.url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+class ServerErrorRetryHandler(AsyncRetryHandler):
+    """Retries idempotent calls answered with a 5xx status, after the server's Retry-After when it sends one,
+    else with backoff. (slack_sdk's own server-error handler covers only 500 and 503, ignores Retry-After, and
+    retries any method.)"""
+
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
+                               response: HttpResponse | None = None, error: Exception | None = None) -> bool:
+        return (response is not None and 500 <= response.status_code <= 599
+                and api_method(request) in IDEMPOTENT_METHODS)
+
+    async def prepare_for_next_attempt_async(self, *, state: RetryState, request: HttpRequest,
+                                             response: HttpResponse | None = None,
+                                             error: Exception | None = None) -> None:
+        delay = _retry_after(response)
+        if delay is None:
+            delay = self.interval_calculator.calculate_sleep_duration(state.current_attempt)
+        state.next_attempt_requested = True
+        await asyncio.sleep(delay)
+        state.increment_current_attempt()
+
+
+def _retry_after(response: HttpResponse | None) -> float | None:
+    if response is None:
+        return None
+    for name, values in response.headers.items():
+        if name.lower() == "retry-after":
+            with contextlib.suppress(ValueError, IndexError):
+                return max(0.0, float(values[0]))
+    return None
+
+
+class ConnectionErrorRetryHandler(AsyncConnectionErrorRetryHandler):
+    """slack_sdk's handler for lost connections, for idempotent calls only; any call whose connection could not
+    even be opened (nothing was sent)."""
+
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
+                               response: HttpResponse | None = None, error: Exception | None = None) -> bool:
+        if isinstance(error, aiohttp.ClientConnectorError):
+            return True
+        return api_method(request) in IDEMPOTENT_METHODS and await super()._can_retry_async(
+            state=state, request=request, response=response, error=error)
+
+
+def web_client(settings: SlackSettings, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
+    """The Web API client: one shared HTTP session. 429s are retried after Retry-After (Slack did nothing);
+    5xx answers and lost connections only for calls that are safe to send twice (not ``chat.postMessage``:
+    ``SlackThread.post`` checks the thread instead)."""
+    return AsyncWebClient(
+        token=settings.bot_token,
+        base_url=settings.api_url,
+        session=session,
+        logger=logging.getLogger("slack_sdk.web"),
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+def outcome_unknown(error: BaseException) -> bool:
+    """Whether a failed call may have taken effect anyway: Slack answered 5xx, or the connection was lost (or
+    timed out) after the request went out."""
+    if isinstance(error, SlackApiError):
+        return bool(error.response.status_code >= 500)
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return False  # never connected: nothing was sent
+    return isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ServerConnectionError
+                      | TimeoutError)
+
+
+async def read_thread(client: AsyncWebClient, channel: str, thread_ts: str) -> list[Any]:
+    """A thread's messages, oldest first (``conversations.replies``, up to HISTORY_PAGES pages)."""
+    messages: list[Any] = []
+    cursor: str | None = None
+    for _ in range(HISTORY_PAGES):
+        response = await client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
+        page = response.get("messages")
+        messages.extend(page if isinstance(page, list) else [])
+        metadata = response.get("response_metadata")
+        cursor = metadata.get("next_cursor") if isinstance(metadata, dict) else None
+        if not cursor:
+            break
+    return messages
+
+
+class SocketModeHandler(AsyncSocketModeHandler):
+    """bolt's handler, except that an envelope it fails on is logged and acked (so Slack does not resend it)
+    instead of surfacing as a traceback from the socket client."""
+
+    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
+        try:
+            await super().handle(client, req)
+        except Exception as exc:
+            log.warning("Slack: skipped envelope %s that slack-bolt could not process: %s: %s",
+                        req.envelope_id, type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+
+
+def describe_error(error: BaseException) -> str:
+    if isinstance(error, SlackApiError):
+        return f"HTTP {error.response.status_code} {error.response.get('error') or ''}".rstrip()
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

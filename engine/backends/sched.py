@@ -1,0 +1,133 @@
+"""The batched backend's policies, as pure functions over plain state (no model, no llama.cpp):
+
+- ``choose_slot``: which free slot a new prompt takes (the one holding the most of it, losing the least);
+- ``plan_step``: what one decode step carries (a token of every generating sequence, then prompt chunks);
+- ``make_room``: what gives way when the shared KV cache is full (kept cells first, then the newest sequence).
+
+``engine/backends/llama_batch.py`` applies their decisions to a llama.cpp context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(slots=True)
+class SeqState:
+    """One running sequence, as the scheduler sees it."""
+
+    tokens: list[int]  # tokens whose KV cells are in the cache, in order
+    pending: list[int] = field(default_factory=list)  # tokens still to read: the prompt, or text read again
+    last: int = -1  # the token sampled last, to be decoded next
+    full: bool = False  # the slot's context is full: no further token fits
+    order: int = 0  # when the sequence arrived: the newest steps back first when the cache is full
+    preempted: int = 0  # times it gave its cells up
+
+    @property
+    def holds_cells(self) -> bool:
+        return bool(self.tokens) or self.last >= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """What one sequence puts into a batch."""
+
+    slot: int
+    tokens: list[int]
+    reading: bool  # prompt (or recomputed) tokens, not a generated one
+    wants_logits: bool
+
+
+def choose_slot(prompt: Sequence[int], free: Sequence[int], kept: Mapping[int, Sequence[int]],
+                used: Mapping[int, int]) -> int:
+    """The free slot to answer ``prompt`` in: the one that saves the most reading for what it throws away.
+
+    ``kept``: the tokens still cached in free slots; ``used``: when each slot was last used (a clock). A follow-up
+    finds its whole conversation in a slot (it saves all, loses nothing); a new conversation shares only the
+    system prompt with a kept one, and would lose the rest of it, so it takes an empty slot, or else the one with
+    the least kept. Ties go to the least recently used slot."""
+
+    def value(slot: int) -> tuple[int, int]:
+        held = kept.get(slot, ())
+        shared = common_prefix(held, prompt)
+        return shared - (len(held) - shared), -used.get(slot, 0)
+
+    return max(free, key=value)
+
+
+def reusable_prefix(kept: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many of ``prompt``'s tokens a slot holding ``kept`` need not read again: the common prefix, except
+    the prompt's last token, which is always read (its logits give the first answer token)."""
+    return min(common_prefix(kept, prompt), len(prompt) - 1)
+
+
+def plan_step(active: Mapping[int, SeqState], budget: int, n_ctx: int) -> list[Part]:
+    """One step's batch of at most ``budget`` tokens: one token of every generating sequence first, then prompt
+    chunks with what is left. A sequence whose context (``n_ctx``) is full gets ``full`` set and no part."""
+    parts: list[Part] = []
+    for slot, state in sorted(active.items(), key=lambda item: bool(item[1].pending)):
+        if state.pending:
+            take = state.pending[: max(0, budget)]  # (more slots than batch tokens: nothing left)
+            if take:
+                budget -= len(take)
+                parts.append(Part(slot, take, True, len(take) == len(state.pending)))
+        elif len(state.tokens) < n_ctx and budget > 0:
+            budget -= 1
+            parts.append(Part(slot, [state.last], False, True))
+        elif len(state.tokens) >= n_ctx:
+            state.full = True
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """Drop the cells a finished answer left in ``slot``; retry the same batch."""
+
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepBack:
+    """Take sequence ``slot`` out of this step; ``preempt``: it also gives up its cells (``preempt()``) and reads
+    its text again later."""
+
+    slot: int
+    preempt: bool
+
+
+def make_room(parts: Sequence[Part], active: Mapping[int, SeqState], kept: Mapping[int, Sequence[int]],
+              used: Mapping[int, int]) -> Evict | StepBack:
+    """The cache has no room for ``parts``: what gives way.
+
+    Kept cells go first (least recently used). Then the newest sequence steps back, chosen among all that hold
+    cells, not only those in this batch: a prompt that got no room in the batch (the batch went to an older,
+    longer prompt) may hold cells read earlier or found in the prefix cache, and if only batch members stepped
+    back, the oldest could wait for ever for cells such a sequence never gives up. (A full sequence is left
+    alone: it ends after this step.) The oldest always fits on its own: no sequence grows past n_ctx <= the
+    cache."""
+    if kept:
+        return Evict(min(kept, key=lambda s: used.get(s, 0)))
+    in_batch = {part.slot for part in parts}
+    candidates = [slot for slot, state in active.items()
+                  if slot in in_batch or (not state.full and state.holds_cells)]
+    newest = max(candidates, key=lambda slot: active[slot].order)
+    return StepBack(newest, preempt=active[newest].holds_cells)
+
+
+def preempt(state: SeqState) -> None:
+    """``state`` gives up its cells: everything it had read (and its last sampled token, if not yet decoded) is
+    read again later."""
+    state.pending = state.tokens + ([state.last] if not state.pending else []) + state.pending
+    state.tokens, state.last = [], -1
+    state.preempted += 1

@@ -1,0 +1,152 @@
+"""The one answer flow (``bots.answer``) against an in-memory target: no Slack, no Discord, no model.
+
+Every accepted question ends in exactly one outcome: a notice, or an answer that ends in one final edit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from bots.answer import AnswerFlow, Question
+from bots.limits import RateLimiter
+from bots.messages import Messages
+from bots.sink import Control
+from bots.stream import StreamStyle
+from engine.api import JobHandle
+from engine.errors import DuplicateJob, EngineClosed, QueueFull
+from engine.types import Done, Failed, FailureKind, Job, Turn
+from testkit.memory_sink import MemoryTarget
+from testkit.scripted import ScriptedEngine, answer
+
+STYLE = StreamStyle(limit=200, edit_interval_s=0.01)
+TEXT = "The capital of France is Paris."
+
+
+class Refusing(ScriptedEngine):
+    """Raises ``error`` for every job."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__([])
+        self.error = error
+
+    async def submit(self, job: Job) -> JobHandle:
+        raise self.error
+
+
+class Deduplicating(ScriptedEngine):
+    """Refuses a dedup key it has seen, as the engine does."""
+
+    async def submit(self, job: Job) -> JobHandle:
+        if any(j.dedup_key == job.dedup_key for j in self.jobs):
+            raise DuplicateJob(str(job.dedup_key))
+        return await super().submit(job)
+
+
+READS: list[str] = []  # the sources whose conversation was read
+
+
+def question(source: str = "C1:1.000", user: str = "U1") -> Question:
+    async def turns() -> tuple[Turn, ...]:
+        READS.append(source)
+        return (Turn("user", "What is the capital of France?"),)
+
+    return Question(user=user, source=source, turns=turns)
+
+
+def flow(engine: ScriptedEngine, limit: int = 0, **kwargs: object) -> AnswerFlow:
+    return AnswerFlow("test", engine, RateLimiter(limit, 60.0), STYLE, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_question_is_answered_in_its_placeholder_with_one_final_edit() -> None:
+    engine, target = ScriptedEngine(answer(TEXT)), MemoryTarget()
+    final = await flow(engine).answer(question(), target)
+    assert isinstance(final, Done) and not target.notices and target.opened == 1
+    assert list(target.sink.messages.values()) == [TEXT]
+    assert target.sink.calls[0] == ("post", "1")  # the placeholder, then only edits of it
+    assert {op for op, _ in target.sink.calls[1:]} == {"edit"}
+    job = engine.jobs[0]
+    assert (job.platform, job.dedup_key, job.turns[-1].content) == ("test", "test:C1:1.000",
+                                                                     "What is the capital of France?")
+
+
+async def test_over_the_rate_limit_the_user_gets_a_notice_and_the_thread_is_not_read() -> None:
+    engine, target = ScriptedEngine(answer(TEXT)), MemoryTarget()
+    answers = flow(engine, limit=1)
+    assert isinstance(await answers.answer(question("C1:1"), target), Done)
+    assert await answers.answer(question("C1:2"), target) is None
+    assert target.notices == [Messages.RATE_LIMITED.format(seconds=60)]
+    assert "C1:2" not in READS and len(engine.jobs) == 1
+    # another user is not limited by the first
+    assert isinstance(await answers.answer(question("C1:3", user="U2"), target), Done)
+
+
+@pytest.mark.parametrize(("error", "notice"), [(QueueFull(1), Messages.BUSY), (EngineClosed("stopping"),
+                                                                                Messages.UNAVAILABLE),
+                                               (RuntimeError("a bug"), Messages.FAILED)])
+async def test_a_refused_job_gets_one_notice_and_no_placeholder(error: Exception, notice: str) -> None:
+    target = MemoryTarget()
+    assert await flow(Refusing(error)).answer(question(), target) is None
+    assert target.notices == [notice] and target.opened == 0
+
+
+async def test_a_duplicate_delivery_gets_nothing_but_a_second_attempt_is_a_new_job() -> None:
+    engine, target = Deduplicating(answer(TEXT)), MemoryTarget()
+    answers = flow(engine)
+    assert isinstance(await answers.answer(question(), target), Done)
+    assert await answers.answer(question(), target) is None
+    assert len(target.sink.messages) == 1 and not target.notices  # not a word for the duplicate
+    assert isinstance(await answers.answer(replace(question(), attempt=2), target), Done)  # e.g. regenerate
+    assert [j.dedup_key for j in engine.jobs] == ["test:C1:1.000", "test:C1:1.000#2"]
+
+
+async def test_a_job_cancelled_by_its_id_keeps_its_text_and_says_stopped() -> None:
+    engine, target = ScriptedEngine(answer("word " * 200), delay_s=0.005), MemoryTarget()
+    answering = asyncio.create_task(flow(engine).answer(question(), target))
+    while not any("word" in text for text in target.sink.messages.values()):
+        await asyncio.sleep(0.005)
+    assert engine.cancel(engine.jobs[0].id)  # from anywhere: a button, a shutdown
+    final = await answering
+    assert isinstance(final, Failed) and final.kind is FailureKind.CANCELLED
+    shown = list(target.sink.messages.values())
+    assert len(shown) == 1 and shown[0].startswith("word") and shown[0].endswith("\n\n" + Messages.STOPPED)
+
+
+async def test_when_the_placeholder_cannot_be_posted_the_job_is_stopped_and_the_user_told() -> None:
+    engine, target = ScriptedEngine(answer("word " * 200), delay_s=0.01), MemoryTarget(fail_open=True)
+    assert await flow(engine).answer(question(), target) is None
+    assert target.notices == [Messages.FAILED]
+    assert engine.handles[0].done and isinstance(engine.handles[0].final, Failed)  # not left generating
+
+
+class Buttons:
+    def __init__(self, handle: JobHandle) -> None:
+        self.job_id = handle.job.id
+
+    def live(self) -> tuple[Control, ...]:
+        return (Control("stop", "Stop", self.job_id, "danger"),)
+
+    def final(self, event: Done | Failed) -> tuple[Control, ...]:
+        return (Control("regenerate", "Regenerate", self.job_id),) if isinstance(event, Done) else ()
+
+
+async def test_controls_show_while_the_answer_runs_and_change_when_it_ends() -> None:
+    engine, target = ScriptedEngine(answer("word " * 100), delay_s=0.002), MemoryTarget()
+    answers = flow(engine, controls=Buttons)
+    answers.style = replace(STYLE, limit=120)  # a long answer: it continues in new messages
+    assert isinstance(await answers.answer(question(), target), Done)
+    job_id = engine.jobs[0].id
+    controls = list(target.sink.controls.values())
+    assert len(controls) > 1
+    assert all(c == () for c in controls[:-1])  # only the newest message carries buttons
+    assert controls[-1] == (Control("regenerate", "Regenerate", job_id),)
+    # the placeholder was posted with the Stop button (the first message later lost it as the answer moved on)
+    stop = MemoryTarget()
+    engine = ScriptedEngine(answer(TEXT), delay_s=0.002)
+    opened = asyncio.create_task(flow(engine, controls=Buttons).answer(question("C2:1"), stop))
+    while not stop.sink.controls:
+        await asyncio.sleep(0.001)
+    assert stop.sink.controls["1"] == (Control("stop", "Stop", engine.jobs[0].id, "danger"),)
+    await opened
