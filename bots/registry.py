@@ -57,15 +57,21 @@ class Platform:
     name: str
     package: str  # imported only when used
     env_prefix: str  # its settings' names start with this
+    setup: str  # what turns it on, for the message when no platform is configured
 
     def load(self) -> PlatformModule:
         return cast(PlatformModule, importlib.import_module(self.package))
 
 
 PLATFORMS = (
-    Platform("slack", "bots.slack", "SLACK_"),
-    Platform("discord", "bots.discord", "DISCORD_"),
+    Platform("slack", "bots.slack", "SLACK_", "SLACK_BOT_TOKEN and SLACK_APP_TOKEN for Slack (docs/slack.md)"),
+    Platform("discord", "bots.discord", "DISCORD_", "DISCORD_BOT_TOKEN for Discord (docs/discord.md)"),
 )
+
+
+def setup_hint() -> str:
+    """How to configure a platform, every one named."""
+    return " and/or ".join(platform.setup for platform in PLATFORMS)
 
 
 def configured(environ: Mapping[str, str]) -> list[tuple[Platform, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -171,6 +172,10 @@ def _worker(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """``python -m bench`` in a process of its own: the benchmarks are a development tool, not part of the app."""
+    if importlib.util.find_spec("psutil") is None:
+        print("engbot: the benchmarks need the bench extra: pip install 'engbot[bench]' (or '.[bench]')",
+              file=sys.stderr)
+        return EXIT_CONFIG
     command = [sys.executable, "-m", "bench", "--out", args.out, *(["--quick"] if args.quick else [])]
     return subprocess.call(command, env={**os.environ, **environ})
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Mapping
 
-from bots.registry import Adapter, adapters_from_environ
+from bots.registry import Adapter, adapters_from_environ, setup_hint
 from engbot.http import make_app, serve
 from engbot.logs import setup_logging
 from engbot.settings import AppSettings
@@ -20,8 +20,7 @@ from engine.errors import ConfigError
 
 log = logging.getLogger("engbot")
 
-NO_ADAPTER = ("engbot: no chat platform is configured: set SLACK_BOT_TOKEN and SLACK_APP_TOKEN for Slack "
-              "(docs/slack.md) and/or DISCORD_BOT_TOKEN for Discord (docs/discord.md), in the environment or .env")
+NO_ADAPTER = f"engbot: no chat platform is configured: set {setup_hint()}, in the environment or .env"
 
 
 class AdapterStartError(Exception):

@@ -350,10 +350,14 @@ class FakeDiscord:
 
     async def _post(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         channel_id = match.group(1)
+        if (invalid := _invalid_components(body)) is not None:
+            return invalid
         ref = body.get("message_reference")
         reference = self._find(ref["message_id"]) if ref else None
         msg = message(int(channel_id), body.get("content", ""), BOT, in_guild=channel_id != str(DM_ID),
                       reference=reference)
+        if body.get("components"):
+            msg["components"] = body["components"]
         await self.dispatch("MESSAGE_CREATE", msg)  # Discord echoes the bot's own messages on the gateway
         return _json(msg)
 
@@ -413,8 +417,12 @@ class FakeDiscord:
         found = self._find(message_id)
         if found is None:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        if (invalid := _invalid_components(body)) is not None:
+            return invalid
         if "content" in body:
             found["content"] = body["content"]
+        if "components" in body:  # an empty list takes them away; no key keeps them
+            found["components"] = body["components"]
         found["flags"] = found.get("flags", 0) & ~128
         found["edited_timestamp"] = now_iso()
         found.setdefault("edits", []).append((time.monotonic(), body.get("content")))
@@ -459,3 +467,16 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     # discord.py parses a body as JSON only when the content type is exactly application/json (no charset)
     return web.Response(body=json.dumps(data).encode(), status=status,
                         headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def _invalid_components(body: Any) -> web.Response | None:
+    """Discord's 50035 for components past its limits: 5 action rows of 5 buttons, ``custom_id`` 1-100 characters,
+    labels up to 80."""
+    rows = body.get("components") if isinstance(body, dict) else None
+    if not rows:
+        return None
+    buttons = [b for row in rows for b in row.get("components", [])]
+    if len(rows) > 5 or any(len(row.get("components", [])) > 5 for row in rows) or any(
+            not 1 <= len(b.get("custom_id", "")) <= 100 or len(b.get("label", "")) > 80 for b in buttons):
+        return _json({"message": "Invalid Form Body", "code": 50035}, status=400)
+    return None

@@ -1,6 +1,8 @@
 """Tiny random legacy GGML models, written with numpy in milliseconds, for tests that need a real model file.
 
-The layout is ggml's gpt_neox (Pythia) example format; see the notes in DESIGN.md.
+The layout is ggml's gpt_neox (Pythia) example format, as ``engine/ggml.py`` reads it: a header of eight int32
+hyperparameters, the vocabulary, then the tensors with no padding. A model that never stops early has an
+end-of-text logit far below every other (see ``write_gpt_neox_ggml``).
 """
 
 from __future__ import annotations

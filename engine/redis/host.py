@@ -29,7 +29,6 @@ from engine.api import JobHandle
 from engine.config import EngineSettings, QueueSettings
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
 from engine.local import Engine
-from engine.redis.scripts import HAND_BACK, REFRESH, TAKE_OVER, WRITE_EVENTS
 from engine.redis.client import (
     DEADLINE_MARGIN_S,
     EVENTS_GRACE_S,
@@ -45,6 +44,7 @@ from engine.redis.client import (
 )
 from engine.redis.codec import event_to_wire, job_from_json, merge_text
 from engine.redis.keys import RELEASED, Keys
+from engine.redis.scripts import HAND_BACK, REFRESH, TAKE_OVER, WRITE_EVENTS
 from engine.types import FINAL_EVENTS, Event, Failed, FailureKind, Job, Queued, Started, TextPiece
 
 log = logging.getLogger("engbot.redis")

@@ -25,7 +25,6 @@ from engine.api import SHUTDOWN_REASON, Health, JobFeed, JobHandle
 from engine.config import QueueSettings
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
 from engine.metrics import EngineMetrics
-from engine.redis.scripts import SUBMIT, WITHDRAW
 from engine.redis.client import (
     DEADLINE_MARGIN_S,
     EVENTS_GRACE_S,
@@ -39,6 +38,7 @@ from engine.redis.client import (
 )
 from engine.redis.codec import event_from_wire, job_to_json
 from engine.redis.keys import Keys
+from engine.redis.scripts import SUBMIT, WITHDRAW
 from engine.types import FINAL_EVENTS, Done, Failed, FailureKind, Job, Queued, Started, TextPiece
 
 log = logging.getLogger("engbot.redis")

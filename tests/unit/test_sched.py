@@ -19,19 +19,19 @@ SYSTEM = [1, 2, 3, 4]
 
 
 def test_a_follow_up_takes_the_slot_holding_its_conversation() -> None:
-    kept = {0: SYSTEM + [10, 11, 12], 1: SYSTEM + [20, 21]}
-    assert choose_slot(SYSTEM + [20, 21, 22, 23], [0, 1, 2], kept, {0: 1, 1: 2, 2: 0}) == 1
+    kept = {0: [*SYSTEM, 10, 11, 12], 1: [*SYSTEM, 20, 21]}
+    assert choose_slot([*SYSTEM, 20, 21, 22, 23], [0, 1, 2], kept, {0: 1, 1: 2, 2: 0}) == 1
 
 
 def test_a_new_conversation_takes_an_empty_slot_rather_than_evict_a_kept_one() -> None:
     kept = {0: SYSTEM + list(range(10, 20))}
     # sharing the system prompt with slot 0 would throw away more of its conversation than it saves: the empty slot
-    assert choose_slot(SYSTEM + [30], [0, 1], kept, {0: 5, 1: 9}) == 1
+    assert choose_slot([*SYSTEM, 30], [0, 1], kept, {0: 5, 1: 9}) == 1
     # a short kept answer that shares more than it loses is worth reusing
-    assert choose_slot(SYSTEM + [30], [0, 1], {0: SYSTEM + [10]}, {0: 5, 1: 9}) == 0
+    assert choose_slot([*SYSTEM, 30], [0, 1], {0: [*SYSTEM, 10]}, {0: 5, 1: 9}) == 0
     # no empty slot: the one with the least kept; ties to the least recently used
-    kept = {0: SYSTEM + [10, 11, 12], 1: SYSTEM + [20], 2: SYSTEM + [40]}
-    assert choose_slot(SYSTEM + [30], [0, 1, 2], kept, {0: 1, 1: 7, 2: 3}) == 2
+    kept = {0: [*SYSTEM, 10, 11, 12], 1: [*SYSTEM, 20], 2: [*SYSTEM, 40]}
+    assert choose_slot([*SYSTEM, 30], [0, 1, 2], kept, {0: 1, 1: 7, 2: 3}) == 2
 
 
 def test_the_last_prompt_token_is_always_read_again() -> None:

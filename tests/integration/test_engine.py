@@ -16,12 +16,7 @@ from engine.errors import DuplicateJob, EngineClosed, QueueFull
 from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
 from tests.conftest import EngineFactory
-
-GREEDY = GenParams(max_new_tokens=24, temperature=0.0, repeat_penalty=1.0)
-# runs for seconds on any machine (no end-of-text): to be cancelled, timed out or killed
-LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)
-QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2 + 2?", "Name a primary colour.",
-             "What is the largest planet?", "Translate 'hello' into Spanish."]
+from tests.integration.answers import GREEDY, LONG, QUESTIONS, first_text
 
 
 def library_answer(model_path: Path, question: str, params: GenParams) -> str:
@@ -62,13 +57,6 @@ def assert_own_answers(results: list[Done | Failed], expected: list[Done | Faile
         own = shared(text, solo[i])
         assert own >= 20 or text == solo[i], (text, solo[i])
         assert all(own > shared(text, other) for j, other in enumerate(solo) if j != i), text
-
-
-async def first_text(handle: object) -> None:
-    async for event in handle:  # type: ignore[attr-defined]
-        if isinstance(event, TextPiece):
-            return
-        assert not isinstance(event, Done | Failed), event
 
 
 @pytest.mark.parametrize("parallel_slots", [1])  # the batched path's numbers differ slightly from the library's

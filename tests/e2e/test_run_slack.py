@@ -18,7 +18,7 @@ import aiohttp
 from bots.messages import Messages
 from testkit.fake_slack import FakeSlack
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

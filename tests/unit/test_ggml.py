@@ -1,4 +1,4 @@
-"""engine.ggml on files written by tests/ggml_fixture.py: no model library involved."""
+"""engine.ggml on files written by testkit/ggml.py: no model library involved."""
 
 from __future__ import annotations
 

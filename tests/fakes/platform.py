@@ -1,6 +1,6 @@
 """``engbot run`` with a stand-in chat platform, for tests and container smoke runs.
 
-    python -m tests.fake_platform run       # the real `engbot run`, with FakePlatform as its only adapter
+    python -m tests.fakes.platform run       # the real `engbot run`, with FakePlatform as its only adapter
 
 ``engbot run`` refuses to start without a Slack or Discord token (exit 2, unchanged for users). This runs the
 real command (settings, engine, HTTP endpoints, signal handling, graceful shutdown) and replaces only the

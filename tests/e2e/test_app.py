@@ -1,6 +1,6 @@
 """``engbot run``: HTTP endpoints while it runs, and a graceful shutdown with an answer being generated.
 
-The real engine on the default model; the chat platform is tests/fake_platform.py (no network). The last test
+The real engine on the default model; the chat platform is tests/fakes/platform.py (no network). The last test
 runs the real command in a subprocess and sends it a real SIGTERM, as `docker stop` does.
 """
 
@@ -27,9 +27,9 @@ from engine.errors import EngineClosed
 from engine.local import Engine
 from engine.types import Done, Failed, Job
 from tests.conftest import make_settings
-from tests.fake_platform import FakePlatform
+from tests.fakes.platform import FakePlatform
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # A question whose greedy answer on SmolLM2 runs past 1500 tokens (in the plain portable build and in the image's
 # CPU-variant build alike; greedy text differs between builds), so it is still generating when the stop comes.
 LONG_QUESTION = "Write a long essay about the history of Rome, with many details."
@@ -117,7 +117,7 @@ def test_engbot_run_exits_0_on_sigterm_with_an_answer_running(tmp_path: Path) ->
            "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "NUM_WORKERS": "1", "NUM_THREADS": "1",
            "TEMPERATURE": "0", "MAX_NEW_TOKENS": "1500", "SHUTDOWN_GRACE_S": "1", "LOG_LEVEL": "INFO",
            "FAKE_PLATFORM_QUESTION": LONG_QUESTION}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fake_platform", "run"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.platform", "run"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -18,7 +18,7 @@ from engine.errors import EngineClosed
 from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, Started, Turn
 from tests.conftest import EngineFactory, make_settings
-from tests.test_engine import GREEDY, LONG, QUESTIONS, first_text
+from tests.integration.answers import GREEDY, LONG, QUESTIONS, first_text
 
 SHORT = GenParams(max_new_tokens=24, temperature=0.0, ignore_eos=True)
 

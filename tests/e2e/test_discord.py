@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import discord
 import pytest
 
 from bots.discord.adapter import DiscordAdapter
 from bots.discord.settings import DiscordSettings
+from bots.discord.sink import ChannelSink
 from bots.limits import rate_limit_from_environ
 from bots.messages import Messages
+from bots.sink import Control, Reply
 from engine.api import JobHandle
 from engine.errors import ConfigError, QueueFull
 from engine.local import Engine
@@ -517,3 +520,25 @@ async def test_shutdown_stops_intake_and_ends_answers_in_flight_with_a_final_edi
     assert final is not None and final["content"].endswith(Messages.SHUTDOWN)
     assert not fake.threads and ignored["id"] not in fake.channels
     assert not adapter.connected
+
+
+async def test_replies_carry_their_controls_as_buttons_and_lose_them_on_edit(fake: FakeDiscord,
+                                                                             connect: AdapterFactory) -> None:
+    adapter = await connect(NoEngine())
+    assert adapter._client is not None
+    channel = adapter._client.get_channel(CHANNEL_ID)
+    assert isinstance(channel, discord.TextChannel)
+    sink = ChannelSink(channel)
+    stop = Control("stop", "Stop", value="job1", style="danger")
+    message_id = await sink.post(Reply("Thinking…", (stop, Control("regenerate", "Regenerate", "job1"))))
+    (posted,) = fake.calls("POST", rf"/channels/{CHANNEL_ID}/messages")
+    assert posted.body["components"] == [{"type": 1, "components": [
+        {"type": 2, "style": 4, "label": "Stop", "custom_id": "engbot:stop:job1", "disabled": False},
+        {"type": 2, "style": 2, "label": "Regenerate", "custom_id": "engbot:regenerate:job1", "disabled": False}]}]
+    await sink.edit(message_id, Reply("The answer."))  # the answer ended: its buttons go
+    (edit,) = fake.calls("PATCH", rf"/channels/{CHANNEL_ID}/messages/{message_id}")
+    assert edit.body["content"] == "The answer." and edit.body["components"] == []
+    # a custom_id past Discord's 100 characters would be refused (50035): the sink cuts it
+    await sink.post(Reply("x", (Control("stop", "Stop", value="j" * 150),)))
+    assert len(fake.calls("POST", rf"/channels/{CHANNEL_ID}/messages")[-1].body["components"][0]["components"][0]
+               ["custom_id"]) == 100

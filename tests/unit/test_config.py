@@ -12,7 +12,7 @@ import pytest
 from engine.config import EngineSettings, available_cpus, load_environ, mask
 from engine.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 BAD = [
     ({"NUM_WORKERS": "0"}, "NUM_WORKERS", "from 1 to 64"),

@@ -9,7 +9,7 @@ import time
 
 from engine.types import Done, Failed, GenParams, Job, Started, TextPiece
 from tests.conftest import EngineFactory
-from tests.test_engine import GREEDY, LONG, QUESTIONS, first_text
+from tests.integration.answers import GREEDY, LONG, QUESTIONS, first_text
 
 
 async def test_slots_answer_together(engine_factory: EngineFactory) -> None:

@@ -32,7 +32,7 @@ from bots.slack.events import (
     update_args,
 )
 from engine.types import Turn
-from tests import slack_payloads as p
+from tests.fakes import slack_payloads as p
 
 ME = BotIdentity(user_id=p.BOT_USER, bot_id=p.BOT_ID)
 EVERYONE = AccessPolicy()

@@ -35,7 +35,7 @@ from engbot import cli
 from engbot.settings import AppSettings
 from engine.config import EngineSettings, QueueSettings, load_environ
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_EXAMPLE = ROOT / "docker" / "docker-compose.yml.example"
 SCALE_EXAMPLE = ROOT / "docker" / "docker-compose.scale.yml.example"
@@ -505,8 +505,8 @@ class ComposeRun:
 
 def copy_fake_platform(project: Path) -> None:
     """What the fake-platform overrides mount at /app/tests: the stand-in adapter only."""
-    (project / "tests").mkdir(parents=True, exist_ok=True)
-    for module in ("__init__.py", "fake_platform.py"):
+    (project / "tests" / "fakes").mkdir(parents=True, exist_ok=True)
+    for module in ("__init__.py", "fakes/__init__.py", "fakes/platform.py"):
         shutil.copy(ROOT / "tests" / module, project / "tests" / module)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from testkit.ggml import write_gpt_neox_ggml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def engbot(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,

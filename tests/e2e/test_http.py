@@ -50,6 +50,8 @@ async def test_endpoints_report_state_and_metrics(engine_factory: EngineFactory)
     assert "engbot_queue_depth 1.0" in metrics
     assert f"engbot_generated_tokens_total {float(tokens)}" in metrics
     assert "engbot_time_to_first_token_seconds_count 2.0" in metrics
-    assert "engbot_worker_restarts_total 0.0" in metrics
-    for name in ("engbot_queue_wait_seconds", "engbot_request_duration_seconds", "engbot_workers_busy"):
+    assert "engbot_worker_restarts_total 0.0" in metrics  # the old name, kept for one release
+    assert "engbot_replica_restarts_total 0.0" in metrics
+    assert "engbot_replicas_busy 1.0" in metrics and "engbot_workers_busy 1.0" in metrics  # (the long answer)
+    for name in ("engbot_queue_wait_seconds", "engbot_request_duration_seconds"):
         assert name in metrics

@@ -9,8 +9,8 @@ import pytest
 
 from engine.types import Done, Failed, FailureKind, GenParams, Job, Queued, Started, TextPiece
 from tests.conftest import EngineFactory
+from tests.integration.answers import LONG
 
-LONG = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)
 SHORT = GenParams(max_new_tokens=8, temperature=0.0)
 
 
