@@ -13,7 +13,7 @@ from engine.config import Env
 class RateLimiter:
     """At most ``limit`` requests per user in a sliding window of ``period_s`` seconds; 0 disables it.
 
-    Not asyncio-throttle: its Throttler makes callers wait for a slot, and a chat user over the limit must get a
+    Not a throttler that makes callers wait for a slot: a chat user over the limit must get a
     notice at once instead of a delayed answer.
     """
 

@@ -11,12 +11,30 @@ class Messages:
     HELP = ("Hi! Ask me anything: mention me with your question, e.g. `@engbot What is a closure in Python?` "
             "I answer in the thread, and follow-ups in the thread continue the conversation.")
     THINKING = "_Thinking…_"
-    QUEUED = "_Waiting for my turn: position {position} in the queue…_"
+    QUEUED = "_Waiting for my turn: {place} in line{eta}…_"
     BUSY = "I'm busy with other questions right now: please try again in a moment."
     RATE_LIMITED = "You're asking faster than I can answer: please wait {seconds} s and try again."
     EMPTY_ANSWER = "_(The model gave an empty answer. Try rephrasing the question.)_"
     FAILED = "⚠️ Sorry, something went wrong while answering. The error has been logged."
     STOPPED = "_(Stopped.)_"
+    STOPPED_BY = "_(Stopped by {who}.)_"
+    # presses on an answer's buttons: only the presser reads these
+    PRESS_UNKNOWN = ("This answer's buttons no longer work (the bot restarted since, or the answer is old): "
+                     "ask again to get a new one.")
+    PRESS_NOT_YOURS = "Only the person who asked (or an admin) can {what} this answer."
+    PRESS_ENDED = "This answer has already ended."
+    PRESS_RUNNING = "This answer is still being written: wait for it to finish, or stop it first."
+    PRESS_NOT_CUT = "This answer is complete: there is nothing to continue."
+    PRESS_BUSY = "That is being done already."
+    PRESS_TOO_EARLY = "You can rate this answer once it is finished."
+    THANKS = "Thanks for the feedback!"
+    VOTED = "You have rated this answer already."
+    # button labels
+    STOP = "Stop"
+    REGENERATE = "Regenerate"
+    CONTINUE = "Continue"
+    GOOD = "👍"
+    BAD = "👎"
     LOAD_FAILED = "⚠️ The model could not be loaded, so I can't answer right now. The error has been logged."
     TIMEOUT = "⚠️ Sorry, the answer took too long and was stopped ({reason})."
     PROMPT_TOO_LONG = "⚠️ {reason}"
@@ -28,6 +46,20 @@ class Messages:
     RETRACTED = "_(Part of an answer that was started again: the answer is above.)_"
     NO_TEXT = "I can only read text: please type your question (files and images are not supported)."
     CURSOR = " ▌"
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def queued_text(position: int, eta_s: float | None = None) -> str:
+    """What a waiting question's placeholder says: "2nd in line, about 15 s" (the estimate only once known)."""
+    eta = ""
+    if eta_s is not None:
+        eta = f", about {max(1, round(eta_s))} s" if eta_s < 90 else f", about {max(2, round(eta_s / 60))} min"
+    return Messages.QUEUED.format(place="next" if position == 1 else ordinal(position), eta=eta)
 
 
 # The reply for each way a job can fail: one text per kind, every kind covered (tests/unit check it).

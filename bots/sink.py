@@ -41,8 +41,9 @@ class Sink(Protocol):
         """Post a new message in the conversation; return its id."""
         ...
 
-    async def edit(self, message_id: str, reply: Reply) -> None:
-        """Replace a message the bot posted (its text and controls)."""
+    async def edit(self, message_id: str, reply: Reply, *, final: bool = False) -> None:
+        """Replace a message the bot posted (its text and controls). ``final``: the last edit of an answer's
+        message, which must arrive (a platform with an edit budget lets it go first)."""
         ...
 
     async def delete(self, message_id: str) -> None:

@@ -3,17 +3,18 @@ messages past the platform's limit, ended by exactly one final edit."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from bots.messages import EXPECTED_FAILURES, Messages, failure_text
+from bots.messages import EXPECTED_FAILURES, Messages, failure_text, queued_text
 from bots.sink import Control, Reply, Sink
 from bots.text import paginate
 from engine.api import JobHandle
-from engine.types import Done, Failed, Queued, Started, TextPiece
+from engine.types import Done, Event, Failed, Queued, Started, TextPiece
 
 log = logging.getLogger("engbot.bots")
 
@@ -44,92 +45,173 @@ class _NoControls:
 NO_CONTROLS: AnswerControls = _NoControls()
 
 
-async def stream_reply(handle: JobHandle, sink: Sink, message_id: str, style: StreamStyle, *,
-                       placeholder: Reply | None = None, controls: AnswerControls = NO_CONTROLS) -> Done | Failed:
-    """Stream a job's answer into ``message_id`` (a placeholder), editing at most once per interval and
-    continuing in new messages when the rendered text would pass ``style.limit``. Ends with exactly one final
-    edit; returns the final event. Text is rendered only when it is about to be sent.
+@dataclass(eq=False)
+class MessageChain:
+    """The messages one answer is shown in, oldest first, what each shows, and the model text (not rendered) of
+    the last one. An answer continued later (Continue) goes on in the same chain."""
+
+    ids: list[str]
+    shown: list[Reply]
+    tail: str = ""
+    closed: bool = False  # the last message is full: what comes next goes into a new message
+
+    @classmethod
+    def of(cls, message_id: str, shown: Reply | None = None) -> MessageChain:
+        return cls([message_id], [shown or Reply("")])
+
+
+async def stream_reply(handle: JobHandle, sink: Sink, message_id: str | MessageChain, style: StreamStyle, *,
+                       placeholder: Reply | None = None, controls: AnswerControls = NO_CONTROLS,
+                       failure: Callable[[Failed], str] = failure_text) -> Done | Failed:
+    """Stream a job's answer into ``message_id`` (a placeholder, or the chain of an answer to go on with),
+    editing at most once per interval and continuing in new messages when the rendered text would pass
+    ``style.limit``. Ends with exactly one final edit; returns the final event. Text is rendered only when it
+    is about to be sent; what the interval held back (text, a new queue position) is sent once it has passed.
 
     ``placeholder`` is what the message shows already, so an event that would show the same (such as the queue
     position it was posted with) costs no edit. The newest message carries ``controls.live()`` while the answer
-    runs and ``controls.final(event)`` once it ended; earlier messages of a long answer carry none.
+    runs and ``controls.final(event)`` once it ended; earlier messages of a long answer carry none. ``failure``
+    gives the note a failed answer ends with.
     """
-    current = ""  # model text of the current message (ids[-1]), not rendered
-    ids = [message_id]
-    shown = [placeholder or Reply("")]  # what each message shows now
-    last_edit = 0.0
+    chain = message_id if isinstance(message_id, MessageChain) else MessageChain.of(message_id, placeholder)
+    return await _Stream(handle, sink, chain, style, controls, failure).run()
 
-    async def show(reply: Reply, *, force: bool = False) -> None:
-        nonlocal last_edit
-        now = time.monotonic()
-        if reply == shown[-1] or (not force and now - last_edit < style.edit_interval_s):
-            return
-        last_edit = now  # a failed edit waits its interval too
+
+class _Stream:
+    def __init__(self, handle: JobHandle, sink: Sink, chain: MessageChain, style: StreamStyle,
+                 controls: AnswerControls, failure: Callable[[Failed], str]) -> None:
+        self.handle, self.sink, self.chain, self.style = handle, sink, chain, style
+        self.controls, self.failure = controls, failure
+        self.current = chain.tail  # model text of the current message (chain.ids[-1]), not rendered
+        self.last_edit = 0.0
+        self.held: Reply | None = None  # a queue position the interval held back
+        self.text_held = False  # text arrived that the interval held back
+
+    async def run(self) -> Done | Failed:
+        events = aiter(self.handle)
+        upcoming: asyncio.Future[Event] | None = None
         try:
-            await sink.edit(ids[-1], reply)
-            shown[-1] = reply
-        except Exception:
-            log.exception("editing a reply failed")
-            if force:  # the final text must arrive: post it instead
-                await post(reply)
+            while True:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(anext(events))
+                wait = self._flush_in()
+                done, _ = await asyncio.wait({upcoming}, timeout=wait)
+                if not done:  # the interval passed with something held back: show it now
+                    await self._flush()
+                    continue
+                event, upcoming = upcoming.result(), None
+                final = await self._on(event)
+                if final is not None:
+                    if not self.chain.closed:
+                        self.chain.tail = self.current
+                    return final
+        finally:
+            if upcoming is not None and not upcoming.done():
+                upcoming.cancel()
 
-    async def post(reply: Reply) -> None:
-        nonlocal last_edit
-        ids.append(await sink.post(reply))
-        shown.append(reply)
-        last_edit = time.monotonic()
+    def _flush_in(self) -> float | None:
+        if self.held is None and not self.text_held:
+            return None
+        return max(0.0, self.last_edit + self.style.edit_interval_s - time.monotonic())
 
-    async def publish(suffix: str, empty: str, *, final: Done | Failed | None) -> None:
-        """Show ``current`` rendered, then ``suffix``; continue in new messages while that is over the limit."""
-        nonlocal current
-        full, current, rendered = paginate(current, style.limit, style.render, reserve=len(suffix))
-        text = rendered + suffix if rendered.strip() else empty
-        last = Reply(text, controls.live() if final is None else controls.final(final))
-        if not full:
-            await show(last, force=final is not None)
-            return
-        await show(Reply(full[0]), force=True)  # the current message is full: it gets its final text
-        for head in full[1:]:
-            await post(Reply(head))
-        await post(last)
+    async def _flush(self) -> None:
+        if self.text_held:
+            self.text_held = False
+            await self._publish(Messages.CURSOR, Messages.THINKING, final=None)
+        elif self.held is not None:
+            held, self.held = self.held, None
+            await self._show(held)
 
-    async def restart() -> None:
-        """Another attempt answers from the start: one clean reply again, in the first message."""
-        nonlocal current
-        for extra in ids[1:]:
-            await retract(sink, extra)
-        del ids[1:], shown[1:]
-        current, shown[0] = "", Reply("")
-        await show(Reply(Messages.THINKING, controls.live()), force=True)
-
-    async for event in handle:
+    async def _on(self, event: Event) -> Done | Failed | None:
+        chain = self.chain
         if isinstance(event, TextPiece):
-            current += event.text
-            if current.strip() and time.monotonic() - last_edit >= style.edit_interval_s:
-                await publish(Messages.CURSOR, Messages.THINKING, final=None)
-        elif isinstance(event, Started) and event.attempt > 1 and (current or len(ids) > 1):
+            self.current += event.text
+            self.held = None
+            if self.current.strip():
+                if time.monotonic() - self.last_edit >= self.style.edit_interval_s:
+                    self.text_held = False
+                    await self._publish(Messages.CURSOR, Messages.THINKING, final=None)
+                else:
+                    self.text_held = True
+        elif isinstance(event, Started) and event.attempt > 1 and (self.current or len(chain.ids) > 1):
             # QUEUE_BACKEND=redis: the host died, another one answers from the start
-            await restart()
+            await self._restart()
         elif isinstance(event, Queued):
-            if not current and len(ids) == 1:
-                await show(Reply(Messages.QUEUED.format(position=event.position), controls.live()))
+            if not self.current and len(chain.ids) == 1:
+                await self._show(Reply(queued_text(event.position, event.eta_s), self.controls.live()), hold=True)
         elif isinstance(event, Done):
-            if len(ids) > 1 and not current.strip():
+            if len(chain.ids) > 1 and not self.current.strip():
                 # the answer ended with the message before: nothing came for the one opened for the rest
-                await retract(sink, ids.pop())
-                shown.pop()
-                if controls.final(event):
-                    await show(Reply(shown[-1].text, controls.final(event)), force=True)
+                await retract(self.sink, chain.ids.pop())
+                chain.shown.pop()
+                chain.closed = True
+                if self.controls.final(event):
+                    await self._show(Reply(chain.shown[-1].text, self.controls.final(event)), force=True)
             else:
-                await publish("", Messages.EMPTY_ANSWER, final=event)
+                await self._publish("", Messages.EMPTY_ANSWER, final=event)
             return event
         elif isinstance(event, Failed):
             if event.kind not in EXPECTED_FAILURES:
-                log.warning("job %s failed: %s: %s", handle.job.id[:8], event.kind, event.reason)
-            note = failure_text(event)
-            await publish("\n\n" + note, note, final=event)
+                log.warning("job %s failed: %s: %s", self.handle.job.id[:8], event.kind, event.reason)
+            note = self.failure(event)
+            await self._publish("\n\n" + note, note, final=event)
             return event
-    raise AssertionError("unreachable: every job ends with Done or Failed")
+        return None
+
+    async def _show(self, reply: Reply, *, force: bool = False, hold: bool = False) -> None:
+        """Edit the newest message to ``reply``, unless the interval since the last edit has not passed (then
+        nothing, or with ``hold`` later); ``force`` edits anyway (a final text), and posts it if the edit fails."""
+        now = time.monotonic()
+        if reply == self.chain.shown[-1]:
+            self.held = None
+            return
+        if not force and now - self.last_edit < self.style.edit_interval_s:
+            if hold:
+                self.held = reply
+            return
+        self.held = None
+        self.last_edit = now  # a failed edit waits its interval too
+        try:
+            await self.sink.edit(self.chain.ids[-1], reply, final=force)
+            self.chain.shown[-1] = reply
+        except Exception:
+            log.exception("editing a reply failed")
+            if force:  # the final text must arrive: post it instead
+                await self._post(reply)
+
+    async def _post(self, reply: Reply) -> None:
+        self.chain.ids.append(await self.sink.post(reply))
+        self.chain.shown.append(reply)
+        self.last_edit = time.monotonic()
+
+    async def _publish(self, suffix: str, empty: str, *, final: Done | Failed | None) -> None:
+        """Show ``current`` rendered, then ``suffix``; continue in new messages while that is over the limit."""
+        full, self.current, rendered = paginate(self.current, self.style.limit, self.style.render,
+                                                reserve=len(suffix))
+        text = rendered + suffix if rendered.strip() else empty
+        last = Reply(text, self.controls.live() if final is None else self.controls.final(final))
+        if not full:
+            await self._show(last, force=final is not None)
+            return
+        await self._show(Reply(full[0]), force=True)  # the current message is full: it gets its final text
+        for head in full[1:]:
+            await self._post(Reply(head))
+        await self._post(last)
+
+    async def _restart(self) -> None:
+        """Another attempt answers from the start: one clean reply again, in the first message."""
+        await restart(self.sink, self.chain)
+        self.current = ""
+        await self._show(Reply(Messages.THINKING, self.controls.live()), force=True)
+
+
+async def restart(sink: Sink, chain: MessageChain) -> None:
+    """Empty an answer's chain for an answer from the start: its later messages are retracted, the first stays
+    (its text is replaced by the next edit)."""
+    for extra in chain.ids[1:]:
+        await retract(sink, extra)
+    del chain.ids[1:], chain.shown[1:]
+    chain.shown[0], chain.tail, chain.closed = Reply(""), "", False
 
 
 async def retract(sink: Sink, message_id: str) -> None:

@@ -34,6 +34,7 @@ class JobHandle:
         self.submitted_at = time.monotonic()
         self.final: Done | Failed | None = None
         self.position = 0  # place in the queue while waiting (1 = next); 0 once started
+        self.eta_s: float | None = None  # while waiting: about how long until it starts
         self._events = events
         self._on_cancel = on_cancel
 
@@ -90,6 +91,7 @@ class JobFeed:
         if isinstance(event, FINAL_EVENTS):
             handle.final = event
         handle.position = event.position if isinstance(event, Queued) else 0
+        handle.eta_s = event.eta_s if isinstance(event, Queued) else None
         self._events.put_nowait(event)
         return True
 

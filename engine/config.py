@@ -195,6 +195,7 @@ class EngineSettings:
     parallel_slots: int = 1
     system_prompt: str = "You are a helpful assistant."
     defaults: GenParams = field(default_factory=GenParams)
+    regenerate_temperature: float = 0.7  # another answer to the same question (Regenerate) samples at least this hot
     shutdown_grace_s: float = 30.0
 
     @property
@@ -297,6 +298,7 @@ class EngineSettings:
             parallel_slots=slots,
             system_prompt=env.str("SYSTEM_PROMPT", "You are a helpful assistant."),
             defaults=defaults,
+            regenerate_temperature=env.float("REGENERATE_TEMPERATURE", 0.7, lo=0.0, hi=5.0, lo_open=True),
             shutdown_grace_s=env.float("SHUTDOWN_GRACE_S", 30.0, lo=0.0),
         )
 

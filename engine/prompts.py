@@ -164,31 +164,37 @@ def fit_prompt(
     system_prompt: str,
     turns: Sequence[Turn],
     budget: int,
+    prefill: str = "",
 ) -> tuple[list[int], tuple[str, ...], int]:
     """Tokens of the longest recent part of the conversation that fits ``budget`` tokens.
 
-    Drops the oldest turns first (never the newest); a conversation always starts with a user turn. Returns the
-    tokens, the stop strings and how many turns were dropped. Raises ``PromptTooLong`` if the newest message
-    alone does not fit.
+    Drops the oldest turns first (never the newest); a conversation always starts with a user turn. ``prefill``
+    is the start of the assistant's answer, written after the template's generation prompt for the model to go
+    on from; it is tokenized as plain text, like message text. Returns the tokens, the stop strings and how many
+    turns were dropped. Raises ``PromptTooLong`` if the newest message (with the prefill) alone does not fit.
     """
     if not turns:
         raise ValueError("a job needs at least one turn")
     if template in BUILTIN.values():  # their markers may be plain text to the model's vocabulary
         turns = [Turn(t.role, defuse(t.content)) for t in turns]
+        prefill = defuse(prefill)
     elif markers := plain_markers(template, tokenize):  # the file's own template, with plain-text markers
         turns = [Turn(t.role, defuse_markers(t.content, markers)) for t in turns]
+        prefill = defuse_markers(prefill, markers)
     system = (Turn("system", system_prompt),) if system_prompt else ()
+    tail = tokenize(prefill, False, False) if prefill else []
     start = 0
     while True:
         kept = list(turns[start:])
         while len(kept) > 1 and kept[0].role != "user":
             kept.pop(0)
         tokens, stop = tokenize_conversation(template, tokenize, [*system, *kept], trusted=len(system))
-        if len(tokens) <= budget:
-            return tokens, stop, len(turns) - len(kept)
+        if len(tokens) + len(tail) <= budget:
+            return tokens + tail, stop, len(turns) - len(kept)
         if len(kept) <= 1:
+            what = "the message and the answer so far are" if tail else "the message is"
             raise PromptTooLong(
-                f"the message is too long for this model: about {len(tokens)} tokens, and at most {budget} "
+                f"{what} too long for this model: about {len(tokens) + len(tail)} tokens, and at most {budget} "
                 "fit with room for the answer. Please shorten it."
             )
         start = len(turns) - len(kept) + 1

@@ -40,7 +40,11 @@ class Job:
     """A conversation to answer. The engine adds the system prompt and trims old turns to fit the context.
 
     ``params=None`` takes the engine's configured defaults. ``dedup_key`` (e.g. a platform event id) makes a
-    second submit of the same event raise ``DuplicateJob``.
+    second submit of the same event raise ``DuplicateJob``. ``user`` (who asks, e.g. ``slack:U0123``) shares the
+    queue fairly: waiting jobs are taken in turn by user. ``prefill`` is the start of the answer that the model
+    goes on from (Continue an answer cut by ``max_new_tokens``); the events carry only the new text. ``resample``
+    asks for another answer than the last (Regenerate): sampled at REGENERATE_TEMPERATURE at least, with a new
+    seed, whatever the defaults say.
     """
 
     turns: tuple[Turn, ...]
@@ -49,6 +53,9 @@ class Job:
     dedup_key: str | None = None
     system_prompt: str | None = None  # None: the SYSTEM_PROMPT setting
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    user: str | None = None
+    prefill: str = ""
+    resample: bool = False
 
     @classmethod
     def ask(cls, text: str, **kwargs: object) -> Job:
@@ -61,9 +68,11 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """The job waits; ``position`` 1 is next. Sent on submit and again whenever the position changes."""
+    """The job waits; ``position`` 1 is next. Sent on submit and again whenever the position changes.
+    ``eta_s``: about how long until it starts, from the rate jobs finished at lately (None until that is known)."""
 
     position: int
+    eta_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

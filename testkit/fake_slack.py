@@ -65,6 +65,7 @@ class FakeSlack:
         self.echo_bot_messages = echo_bot_messages
         self.max_text = max_text
         self.calls: list[Call] = []
+        self.ephemeral: list[dict[str, Any]] = []  # chat.postEphemeral messages: channel, user, text, thread_ts
         # method -> (calls, seconds): Slack's rate tiers are per method and workspace; over it, 429 and Retry-After
         # in whole seconds. Off unless a test asks: tests compress time (edits every 0.25 s, not every second).
         self.rate_limits = rate_limits or {}
@@ -203,6 +204,39 @@ class FakeSlack:
             self.pushed[envelope_id] = time.monotonic()
         await self._sockets[-1].send_str(text)
 
+    async def press(self, message_ts: str, action_id: str, *, user: str = "U0001", channel: str = "C0001",
+                    value: str | None = None, stale: bool = False) -> str:
+        """Press a button (or a feedback button, with its ``value``) of the bot's message, as Slack sends it: an
+        ``interactive`` envelope with a ``block_actions`` payload. Returns the envelope id (``acks`` says when it
+        was acknowledged). The button must be on the message now, unless ``stale``: a client that still shows an
+        older version of the message (or a button of a message the bot no longer knows)."""
+        message = next(m for m in self.messages[channel] if m["ts"] == message_ts)
+        element = _element(message.get("blocks", []), action_id)
+        if element is None and stale:
+            element = {"type": "button", "action_id": action_id, "value": "",
+                       "text": {"type": "plain_text", "text": "?"}}
+        assert element is not None, f"no {action_id} on message {message_ts}"
+        action: dict[str, Any] = {"action_id": action_id, "block_id": "b1", "type": element["type"],
+                                  "action_ts": f"{time.time():.6f}"}
+        if element["type"] == "button":
+            action.update(value=element.get("value", ""), text=element["text"])
+        else:  # feedback_buttons
+            assert value in (element["positive_button"]["value"], element["negative_button"]["value"]), value
+            action["value"] = value
+        payload = {
+            "type": "block_actions", "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
+            "api_app_id": "A0001", "token": "verification-token", "trigger_id": f"{next(_CLOCK)}.{uuid.uuid4().hex}",
+            "team": {"id": self.team_id, "domain": "fake"}, "is_enterprise_install": False,
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
+            "channel": {"id": channel, "name": "general"}, "message": dict(message),
+            "response_url": f"http://127.0.0.1:{self.port}/respond/{uuid.uuid4().hex}", "actions": [action],
+        }
+        envelope_id = str(uuid.uuid4())
+        envelope = {"envelope_id": envelope_id, "type": "interactive", "accepts_response_payload": False,
+                    "payload": payload}
+        await self.push_raw(json.dumps(envelope), envelope_id)
+        return envelope_id
+
     async def drop_socket(self) -> None:
         """Close the current socket from the server side, as Slack does now and then."""
         self._socket_ready.clear()
@@ -311,6 +345,8 @@ class FakeSlack:
             return {"ok": False, "error": "channel_not_found"}
         if len(text) > self.max_text:
             return {"ok": False, "error": "msg_too_long"}
+        if (invalid := _invalid_blocks(_blocks(args))) is not None:
+            return {"ok": False, "error": "invalid_blocks", "errors": [invalid]}
         message: dict[str, Any] = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id,
                                    "text": text, "ts": self.next_ts(), "team": self.team_id}
         if blocks := _blocks(args):
@@ -331,6 +367,8 @@ class FakeSlack:
         channel, ts, text = str(args.get("channel")), str(args.get("ts")), str(args.get("text", ""))
         if len(text) > self.max_text:
             return {"ok": False, "error": "msg_too_long"}
+        if (invalid := _invalid_blocks(_blocks(args))) is not None:
+            return {"ok": False, "error": "invalid_blocks", "errors": [invalid]}
         for message in self.messages[channel]:
             if message["ts"] == ts:
                 previous = dict(message)
@@ -345,6 +383,13 @@ class FakeSlack:
                     self._echo(changed)
                 return {"ok": True, "channel": channel, "ts": ts, "text": text}
         return {"ok": False, "error": "message_not_found"}
+
+    async def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, user, text = str(args.get("channel", "")), str(args.get("user", "")), str(args.get("text", ""))
+        if not channel or not user:
+            return {"ok": False, "error": "channel_not_found" if not channel else "user_not_in_channel"}
+        self.ephemeral.append({"channel": channel, "user": user, "text": text, "thread_ts": args.get("thread_ts")})
+        return {"ok": True, "message_ts": self.next_ts()}
 
     async def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, ts = str(args.get("channel")), str(args.get("ts"))
@@ -410,3 +455,33 @@ def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(blocks, str):
         blocks = json.loads(blocks)
     return list(blocks) if isinstance(blocks, list) else []
+
+
+def _element(blocks: list[dict[str, Any]], action_id: str) -> dict[str, Any] | None:
+    for block in blocks:
+        for element in block.get("elements", []):
+            if element.get("action_id") == action_id:
+                return dict(element)
+    return None
+
+
+def _invalid_blocks(blocks: list[dict[str, Any]]) -> str | None:
+    """What Slack would refuse in ``blocks`` (the limits the bot's messages can run into), or None."""
+    if len(blocks) > 50:
+        return "no more than 50 items allowed [json-pointer:/blocks]"
+    for i, block in enumerate(blocks):
+        kind = block.get("type")
+        if kind == "section" and not 1 <= len(block.get("text", {}).get("text", "")) <= 3000:
+            return f"must be between 1 and 3000 characters [json-pointer:/blocks/{i}/text/text]"
+        if kind == "actions" and not 1 <= len(block.get("elements", [])) <= 25:
+            return f"must have between 1 and 25 elements [json-pointer:/blocks/{i}/elements]"
+        if kind == "context_actions" and not 1 <= len(block.get("elements", [])) <= 5:
+            return f"must have between 1 and 5 elements [json-pointer:/blocks/{i}/elements]"
+        for j, element in enumerate(block.get("elements", [])):
+            where = f"/blocks/{i}/elements/{j}"
+            if len(element.get("action_id", "")) > 255:
+                return f"must be less than 256 characters [json-pointer:{where}/action_id]"
+            if element.get("type") == "button" and (len(element.get("text", {}).get("text", "")) > 75
+                                                    or len(element.get("value", "")) > 2000):
+                return f"must be less than 76 characters [json-pointer:{where}/text/text]"
+    return None

@@ -23,7 +23,7 @@ class MemorySink:
         self.calls.append(("post", message_id))
         return message_id
 
-    async def edit(self, message_id: str, reply: Reply) -> None:
+    async def edit(self, message_id: str, reply: Reply, *, final: bool = False) -> None:
         if message_id not in self.messages:
             raise LookupError(f"no message {message_id}")
         if self.fail_edits:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from engine.api import Health, JobFeed, JobHandle
 from engine.metrics import EngineMetrics
-from engine.types import Done, Event, Failed, FailureKind, Job, Started, TextPiece
+from engine.types import Done, Event, Failed, FailureKind, FinishReason, Job, Started, TextPiece
 
 
 def pieces(text: str, size: int = 4) -> list[TextPiece]:
@@ -26,13 +26,13 @@ def started(attempt: int = 1) -> Started:
     return Started(replica=0, queue_wait_s=0.0, prompt_tokens=8, attempt=attempt)
 
 
-def done(text: str) -> Done:
-    return Done(text=text, prompt_tokens=8, completion_tokens=max(1, len(text) // 4), finish_reason="stop")
+def done(text: str, finish_reason: FinishReason = "stop") -> Done:
+    return Done(text=text, prompt_tokens=8, completion_tokens=max(1, len(text) // 4), finish_reason=finish_reason)
 
 
-def answer(text: str, size: int = 4) -> list[Event]:
-    """A whole answer: started, streamed, done."""
-    return [started(), *pieces(text, size), done(text)]
+def answer(text: str, size: int = 4, finish_reason: FinishReason = "stop") -> list[Event]:
+    """A whole answer: started, streamed, done (``length``: cut at MAX_NEW_TOKENS)."""
+    return [started(), *pieces(text, size), done(text, finish_reason)]
 
 
 class ScriptedEngine:
@@ -42,6 +42,7 @@ class ScriptedEngine:
 
     def __init__(self, script: Iterable[Event], delay_s: float = 0.002) -> None:
         self.script: Sequence[Event] = list(script)
+        self.scripts: list[Sequence[Event]] = []  # scripts for the next jobs, in order (then ``script``)
         self.delay_s = delay_s
         self.metrics = EngineMetrics()
         self.jobs: list[Job] = []
@@ -77,13 +78,13 @@ class ScriptedEngine:
         self._feeds[job.id] = feed
         self.jobs.append(job)
         self.handles.append(feed.handle)
-        player = asyncio.create_task(self._play(feed))
+        player = asyncio.create_task(self._play(feed, self.scripts.pop(0) if self.scripts else self.script))
         self._players.add(player)
         player.add_done_callback(self._players.discard)
         return feed.handle
 
-    async def _play(self, feed: JobFeed) -> None:
-        for event in self.script:
+    async def _play(self, feed: JobFeed, script: Sequence[Event]) -> None:
+        for event in script:
             if feed.done:
                 return
             await asyncio.sleep(self.delay_s)

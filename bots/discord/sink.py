@@ -57,7 +57,7 @@ class ChannelSink:
         self._posted[str(message.id)] = message
         return str(message.id)
 
-    async def edit(self, message_id: str, reply: Reply) -> None:
+    async def edit(self, message_id: str, reply: Reply, *, final: bool = False) -> None:
         await self._posted[message_id].edit(content=reply.text, view=view(reply))
 
     async def delete(self, message_id: str) -> None:
@@ -90,7 +90,7 @@ class InteractionSink:
         self._posted[str(message.id)] = message
         return str(message.id)
 
-    async def edit(self, message_id: str, reply: Reply) -> None:
+    async def edit(self, message_id: str, reply: Reply, *, final: bool = False) -> None:
         target = self._moved.get(message_id, message_id)
         if target in self._in_channel:
             await self._posted[target].edit(content=reply.text, view=view(reply))

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from asyncio_throttle.throttler import Throttler
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.response import BoltResponse
@@ -27,6 +27,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.answer import AnswerFlow, Question
 from bots.decisions import Ask, Ignore, Notice
 from bots.limits import RateLimiter, Recent
+from bots.presses import Press
+from bots.slack.budget import EditBudget
 from bots.slack.client import SlackConnectError, SocketModeHandler, read_thread, web_client
 from bots.slack.events import (
     BotIdentity,
@@ -38,6 +40,7 @@ from bots.slack.events import (
     decide,
     event_of,
     parse_message,
+    parse_press,
     source,
     thread_turns,
 )
@@ -71,10 +74,11 @@ class SlackAdapter:
         style = StreamStyle(limit=settings.message_limit, edit_interval_s=settings.edit_interval_s,
                             render=markdown_to_mrkdwn)
         self.flow = AnswerFlow("slack", submitter,
-                               RateLimiter(settings.rate_limit_per_user, settings.rate_limit_period_s), style)
+                               RateLimiter(settings.rate_limit_per_user, settings.rate_limit_period_s), style,
+                               mention=lambda user: f"<@{user}>")
         # chat.update is rate tier 3 for the whole workspace: every answer's edits share one budget
-        burst, period = settings.update_budget
-        self.update_budget = Throttler(rate_limit=burst, period=period, retry_interval=0.05)
+        self.update_budget = EditBudget(*settings.update_budget)
+        self._with_controls: Recent[tuple[str, str], bool] = Recent(THREADS_TTL_S, 20_000)
         self._seen: Recent[tuple[str, str], bool] = Recent(SEEN_TTL_S, 20_000)
         self._threads: Recent[tuple[str, str], bool] = Recent(THREADS_TTL_S, 20_000)  # thread -> bot posted in it
         self._posted: Recent[tuple[str, str], bool] = Recent(SEEN_TTL_S, 20_000)  # (channel, ts) of our posts
@@ -114,7 +118,7 @@ class SlackAdapter:
         arrive. Raises ``ConfigError`` naming the token Slack rejected, ``SlackConnectError`` when Slack cannot
         be reached."""
         self._session = aiohttp.ClientSession()
-        self.client = web_client(self.settings, self._session)
+        self.client = web_client(self.settings, self._session, on_rate_limited=self._slowed_down)
         try:
             auth = await self._call("SLACK_BOT_TOKEN", self.settings.bot_token, self.client.auth_test())
             self.me = BotIdentity(user_id=str(auth["user_id"]), bot_id=auth.get("bot_id"))
@@ -166,8 +170,13 @@ class SlackAdapter:
             log.debug("Slack: the error was", exc_info=error)
             return BoltResponse(status=200, body="")
 
+        async def on_action(ack: Any, body: dict[str, Any]) -> None:
+            await ack()  # within Slack's 3 s, before anything that can wait; the press runs on its own task
+            self._spawn(self._on_press(body))
+
         app.event("app_mention")(on_event)
         app.event("message")(on_event)
+        app.action(re.compile(r"^engbot:"))(on_action)
         app.error(on_error)
         return app
 
@@ -258,7 +267,7 @@ class SlackAdapter:
             log.debug("Slack: %s %s delivered again; answered once", message.channel, message.ts)
             return
         thread = SlackThread(self.client, message.channel, message.reply_thread_ts, self.me, after=message.ts,
-                             posted=self._posted, update_budget=self.update_budget)
+                             posted=self._posted, update_budget=self.update_budget, with_controls=self._with_controls)
         thread_key = (message.channel, message.reply_thread_ts)
         target = SlackTarget(thread, lambda: self._threads.put(thread_key, True), received)
         try:
@@ -289,6 +298,31 @@ class SlackAdapter:
             await self.flow.answer(Question(user=message.user, source=source(message), turns=turns), target)
         except Exception:
             log.exception("Slack: answering %s %s failed", message.channel, message.ts)
+
+    def _slowed_down(self, method: str, seconds: float) -> None:
+        """Slack answered 429: for chat.update, the whole workspace's edits wait (the budget was too generous)."""
+        log.warning("Slack: %s is rate limited for %.0f s", method, seconds)
+        if method == "chat.update":
+            self.update_budget.pause(seconds)
+
+    async def _on_press(self, body: Any) -> None:
+        """A press on an answer's button: what it asks, or a word only the presser sees."""
+        assert self.client is not None
+        press = parse_press(body)
+        if press is None:
+            log.warning("Slack: skipped a malformed button press")
+            return
+        client = self.client
+
+        async def tell(text: str) -> None:
+            await client.chat_postEphemeral(channel=press.channel, user=press.user, text=text,
+                                            thread_ts=press.thread_ts)
+
+        try:
+            await self.flow.press(Press(press.action, press.job_id, press.user,
+                                        admin=press.user in self.settings.admin_users), tell)
+        except Exception:
+            log.exception("Slack: a %s press on job %s failed", press.action, press.job_id[:8])
 
     async def _history(self, message: SlackMessage) -> list[Any] | None:
         """The thread's messages, oldest first; None (logged) when Slack does not give them."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -90,10 +91,27 @@ class ConnectionErrorRetryHandler(AsyncConnectionErrorRetryHandler):
             state=state, request=request, response=response, error=error)
 
 
-def web_client(settings: SlackSettings, session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
-    """The Web API client: one shared HTTP session. 429s are retried after Retry-After (Slack did nothing);
-    5xx answers and lost connections only for calls that are safe to send twice (not ``chat.postMessage``:
-    ``SlackThread.post`` checks the thread instead)."""
+class RateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
+    """slack_sdk's retry of a 429 after its Retry-After, telling ``on_rate_limited(method, seconds)`` first (the
+    edit budget then holds every other call of that method back too)."""
+
+    def __init__(self, on_rate_limited: Callable[[str, float], None], max_retry_count: int = 2) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.on_rate_limited = on_rate_limited
+
+    async def prepare_for_next_attempt_async(self, *, state: RetryState, request: HttpRequest,
+                                             response: HttpResponse | None = None,
+                                             error: Exception | None = None) -> None:
+        delay = _retry_after(response)
+        self.on_rate_limited(api_method(request), 1.0 if delay is None else delay)
+        await super().prepare_for_next_attempt_async(state=state, request=request, response=response, error=error)
+
+
+def web_client(settings: SlackSettings, session: aiohttp.ClientSession | None = None, *,
+               on_rate_limited: Callable[[str, float], None] = lambda method, seconds: None) -> AsyncWebClient:
+    """The Web API client: one shared HTTP session. 429s are retried after Retry-After (Slack did nothing), and
+    told to ``on_rate_limited``; 5xx answers and lost connections only for calls that are safe to send twice (not
+    ``chat.postMessage``: ``SlackThread.post`` checks the thread instead)."""
     return AsyncWebClient(
         token=settings.bot_token,
         base_url=settings.api_url,
@@ -101,7 +119,7 @@ def web_client(settings: SlackSettings, session: aiohttp.ClientSession | None = 
         logger=logging.getLogger("slack_sdk.web"),
         retry_handlers=[
             ConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+            RateLimitRetryHandler(on_rate_limited, max_retry_count=2),
             ServerErrorRetryHandler(max_retry_count=2),
         ],
     )

@@ -18,6 +18,7 @@ from typing import Any
 from bots.conversation import Said, conversation
 from bots.decisions import Ask, Ignore, Notice
 from bots.messages import Messages
+from bots.presses import Action, parse
 from bots.sink import Reply
 from engine.types import Turn
 
@@ -251,7 +252,7 @@ def _status_pattern() -> re.Pattern[str]:
     templates = [Messages.QUEUED, Messages.RATE_LIMITED]
     parts = [re.escape(t) for t in fixed]
     for template in templates:
-        parts.append(re.sub(r"\\\{\w+\\\}", r".+?", re.escape(template)))
+        parts.append(re.sub(r"\\\{\w+\\\}", r".*?", re.escape(template)))
     return re.compile("^(?:" + "|".join(parts) + ")$", re.DOTALL)
 
 
@@ -359,11 +360,19 @@ SECTION_LIMIT = 3000  # characters of a section block's text
 BUTTON_LABEL_LIMIT = 75
 
 
+FEEDBACK_VALUES = {Action.GOOD: "good", Action.BAD: "bad"}
+
+
 def blocks(reply: Reply) -> list[dict[str, Any]]:
     """A reply with controls as Block Kit: its text in a section (``text`` stays as the notification fallback),
-    then an ``actions`` block with one button per control."""
-    buttons = []
+    then an ``actions`` block with one button per control, and the thumbs up and down as Slack's own
+    ``feedback_buttons`` in a ``context_actions`` block (one element: ``engbot:feedback:<job>``, value good or
+    bad)."""
+    buttons, feedback = [], {}
     for control in reply.controls:
+        if control.action in FEEDBACK_VALUES:
+            feedback[control.action] = control
+            continue
         button: dict[str, Any] = {
             "type": "button", "action_id": control.custom_id[:255], "value": control.value[:2000],
             "text": {"type": "plain_text", "text": control.label[:BUTTON_LABEL_LIMIT], "emoji": True},
@@ -371,5 +380,64 @@ def blocks(reply: Reply) -> list[dict[str, Any]]:
         if control.style != "default":
             button["style"] = control.style
         buttons.append(button)
-    section = {"type": "section", "text": {"type": "mrkdwn", "text": reply.text[:SECTION_LIMIT] or " "}}
-    return [section, {"type": "actions", "elements": buttons}]
+    out: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": reply.text[:SECTION_LIMIT] or " "}}]
+    if buttons:
+        out.append({"type": "actions", "elements": buttons})
+    if len(feedback) == 2:
+        good, bad = feedback[Action.GOOD], feedback[Action.BAD]
+        out.append({"type": "context_actions", "elements": [{
+            "type": "feedback_buttons", "action_id": f"engbot:feedback:{good.value}"[:255],
+            "positive_button": {"text": {"type": "plain_text", "text": good.label}, "value": "good",
+                                "accessibility_label": "This answer was good"},
+            "negative_button": {"text": {"type": "plain_text", "text": bad.label}, "value": "bad",
+                                "accessibility_label": "This answer was not good"},
+        }]})
+    return out
+
+
+# ---- presses ----
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class SlackPress:
+    """A press on one of the bot's buttons (a ``block_actions`` payload), as far as the bot cares."""
+
+    action: Action
+    job_id: str
+    user: str
+    channel: str
+    message_ts: str
+    thread_ts: str | None
+
+
+def parse_press(body: Any) -> SlackPress | None:
+    """The press in a ``block_actions`` payload; None when it is not a press on one of our buttons (or not a
+    well-formed one)."""
+    if not isinstance(body, Mapping) or body.get("type") != "block_actions":
+        return None
+    actions, user = body.get("actions"), body.get("user")
+    container, channel, message = (_mapping(body.get(key)) for key in ("container", "channel", "message"))
+    if not (isinstance(actions, list) and actions and isinstance(actions[0], Mapping) and isinstance(user, Mapping)):
+        return None
+    action_id, value = actions[0].get("action_id"), actions[0].get("value")
+    if not isinstance(action_id, str):
+        return None
+    if action_id.startswith("engbot:feedback:"):
+        job = action_id.removeprefix("engbot:feedback:")
+        kind = {"good": Action.GOOD, "bad": Action.BAD}.get(str(value))
+        parsed = (kind, job) if kind is not None and parse(f"engbot:{kind}:{job}") else None
+    else:
+        parsed = parse(action_id)
+    user_id = user.get("id")
+    channel_id = channel.get("id") or container.get("channel_id")
+    message_ts = container.get("message_ts") or message.get("ts")
+    if parsed is None or not all(isinstance(v, str) and v for v in (user_id, channel_id, message_ts)):
+        return None
+    thread_ts = message.get("thread_ts")
+    return SlackPress(parsed[0], parsed[1], str(user_id), str(channel_id), str(message_ts),
+                      thread_ts if isinstance(thread_ts, str) else None)

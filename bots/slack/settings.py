@@ -29,6 +29,7 @@ class SlackSettings:
     follow_threads: bool = True
     allowed_channels: frozenset[str] = frozenset()
     allowed_users: frozenset[str] = frozenset()
+    admin_users: frozenset[str] = frozenset()  # may stop, regenerate and continue anyone's answers
     rate_limit_per_user: int = 5
     rate_limit_period_s: float = 60.0
     # not settings: tuning the tests change
@@ -82,6 +83,7 @@ class SlackSettings:
             follow_threads=env.bool("SLACK_FOLLOW_THREADS", True),
             allowed_channels=_ids(env, "SLACK_ALLOWED_CHANNELS", "CGD", "channel IDs such as C0123ABCD"),
             allowed_users=_ids(env, "SLACK_ALLOWED_USERS", "UW", "user IDs such as U0123ABCD"),
+            admin_users=_ids(env, "SLACK_ADMIN_USERS", "UW", "user IDs such as U0123ABCD"),
             rate_limit_per_user=limiter.limit,
             rate_limit_period_s=limiter.period_s,
         )

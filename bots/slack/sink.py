@@ -8,11 +8,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from asyncio_throttle.throttler import Throttler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.limits import Recent
 from bots.sink import Opened, Reply
+from bots.slack.budget import EditBudget
 from bots.slack.client import describe_error, outcome_unknown, read_thread
 from bots.slack.events import BotIdentity, find_post, post_args, update_args
 from bots.slack.settings import UPDATE_BUDGET
@@ -32,17 +32,20 @@ class SlackThread:
     the post is sent once more.
 
     ``chat.update`` is rate tier 3: about 50 a minute for the whole workspace, however many answers stream at once.
-    Every thread of one adapter shares ``update_budget``: an edit waits there for its turn instead of running
-    into Slack's 429s.
+    Every thread of one adapter shares ``update_budget`` (``budget.py``): an edit waits there for its turn instead
+    of running into Slack's 429s.
     """
 
     def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str, me: BotIdentity, *, after: str = "",
-                 posted: Recent[tuple[str, str], bool] | None = None, update_budget: Throttler | None = None) -> None:
+                 posted: Recent[tuple[str, str], bool] | None = None, update_budget: EditBudget | None = None,
+                 with_controls: Recent[tuple[str, str], bool] | None = None) -> None:
         self.client, self.channel, self.thread_ts, self.me = client, channel, thread_ts, me
         self.after = after
         self.posted: Recent[tuple[str, str], bool] = posted if posted is not None else Recent(THREADS_TTL_S, 20_000)
-        self.with_controls: Recent[tuple[str, str], bool] = Recent(THREADS_TTL_S, 2_000)  # messages with blocks
-        self.update_budget = update_budget or Throttler(*UPDATE_BUDGET)
+        # messages that show buttons (an edit without them must clear their blocks), shared across threads
+        self.with_controls: Recent[tuple[str, str], bool] = with_controls if with_controls is not None \
+            else Recent(THREADS_TTL_S, 20_000)
+        self.update_budget = update_budget or EditBudget(*UPDATE_BUDGET)
 
     async def post(self, reply: Reply) -> str:
         text = reply.text
@@ -74,12 +77,12 @@ class SlackThread:
             self.with_controls.put((self.channel, ts), True)
         return ts
 
-    async def edit(self, message_id: str, reply: Reply) -> None:
-        """``chat.update``, within the workspace's budget for it (the caller waits its turn)."""
+    async def edit(self, message_id: str, reply: Reply, *, final: bool = False) -> None:
+        """``chat.update``, within the workspace's budget for it (the caller waits its turn; a final edit first)."""
         key = (self.channel, message_id)
         had_controls = self.with_controls.get(key) is not None
-        async with self.update_budget:
-            await self.client.chat_update(**update_args(self.channel, message_id, reply, clear_blocks=had_controls))
+        await self.update_budget.acquire(final=final)
+        await self.client.chat_update(**update_args(self.channel, message_id, reply, clear_blocks=had_controls))
         if reply.controls:
             self.with_controls.put(key, True)
 

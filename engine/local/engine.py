@@ -18,6 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 from engine.api import SHUTDOWN_REASON, Health, JobFeed, JobHandle
@@ -50,7 +51,10 @@ class Engine:
         self.settings = settings
         self.metrics = metrics or EngineMetrics()
         self._supervisor = Supervisor(settings, self.metrics, self)
-        self._queue: JobQueue[JobEntry] = JobQueue(settings.queue_max_size, on_moved=self._on_moved)
+        # waiting jobs are taken in turn by user (a job without one is its own user: first come, first served)
+        self._queue: JobQueue[JobEntry] = JobQueue(settings.queue_max_size, on_moved=self._on_moved,
+                                                   key=lambda entry: entry.feed.job.user or entry.job_id)
+        self._service_s: float | None = None  # how long answers took lately (moving average): waiting estimates
         self._entries: dict[str, JobEntry] = {}  # by job id: every job from submit to its final event
         self._running: set[JobEntry] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,7 +172,7 @@ class Engine:
         self.dispatch()
         position = self._queue.position(entry)
         if position:  # every replica is full: the job waits, and says where
-            feed.emit(Queued(position))
+            feed.emit(Queued(position, self._eta(position)))
             self._arm_expiry(entry)
         return feed.handle
 
@@ -184,7 +188,14 @@ class Engine:
 
     def _on_moved(self, entry: JobEntry, position: int) -> None:
         if entry.feed.handle.position != position:
-            entry.feed.emit(Queued(position))
+            entry.feed.emit(Queued(position, self._eta(position)))
+
+    def _eta(self, position: int) -> float | None:
+        """About how long the job at ``position`` waits: that many answers, shared out over every slot, at the
+        rate answers took lately. None before the first answer."""
+        if self._service_s is None:
+            return None
+        return position * self._service_s / self.capacity
 
     # ---- dispatch ----
 
@@ -326,8 +337,11 @@ class Engine:
             entry.seq = next(self._seq)
             job = feed.job
             system = self.settings.system_prompt if job.system_prompt is None else job.system_prompt
-            run = RunJob(entry.seq, job.turns, system, job.params or self.settings.defaults,
-                         self.settings.generation_timeout_s)
+            params = job.params or self.settings.defaults
+            if job.resample:  # another answer: never the greedy one again, never the same seed
+                params = replace(params, temperature=max(params.temperature, self.settings.regenerate_temperature),
+                                 seed=-1)
+            run = RunJob(entry.seq, job.turns, system, params, self.settings.generation_timeout_s, job.prefill)
             async for msg in replica.process.run(run):
                 if isinstance(msg, JobText):
                     if not entry.pieces:
@@ -341,6 +355,8 @@ class Engine:
                 elif isinstance(msg, JobDone):
                     self.metrics.tokens.inc(msg.completion_tokens)
                     now = time.monotonic()
+                    took = now - entry.started_at
+                    self._service_s = took if self._service_s is None else 0.7 * self._service_s + 0.3 * took
                     self._finish(entry, Done(
                         text=msg.text, prompt_tokens=msg.prompt_tokens, completion_tokens=msg.completion_tokens,
                         finish_reason=msg.finish_reason, queue_wait_s=queue_wait,

@@ -16,7 +16,8 @@ def job_to_json(job: Job) -> str:
     return json.dumps({
         "id": job.id, "turns": [[t.role, t.content] for t in job.turns],
         "params": asdict(job.params) if job.params is not None else None, "platform": job.platform,
-        "dedup_key": job.dedup_key, "system_prompt": job.system_prompt,
+        "dedup_key": job.dedup_key, "system_prompt": job.system_prompt, "user": job.user, "prefill": job.prefill,
+        "resample": job.resample,
     }, ensure_ascii=False)
 
 
@@ -27,7 +28,8 @@ def job_from_json(text: str) -> Job:
         turns=tuple(Turn(cast(Role, role), str(content)) for role, content in d["turns"]),
         params=GenParams(**d["params"]) if d.get("params") else None,
         platform=str(d.get("platform", "cli")), dedup_key=d.get("dedup_key"),
-        system_prompt=d.get("system_prompt"), id=str(d["id"]),
+        system_prompt=d.get("system_prompt"), id=str(d["id"]), user=d.get("user"),
+        prefill=str(d.get("prefill") or ""), resample=bool(d.get("resample")),
     )
 
 

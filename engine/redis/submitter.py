@@ -93,6 +93,7 @@ class RedisSubmitter:
         self._unlinks: list[str] = []  # events streams to delete
         self._withdrawals: list[str] = []  # job ids whose submit outcome is unknown: to withdraw from Redis
         self._reader: asyncio.Task[None] | None = None
+        self._service_s: float | None = None  # how long answers took lately (moving average): waiting estimates
         self._accepting = False
         self._connected = False
         self.metrics.track(lambda: self.queued, lambda: self.running)
@@ -183,7 +184,8 @@ class RedisSubmitter:
         self._idle.clear()
         self._changed.set()
         if int(reply[2]) and not tracked.started_at:  # jobs not claimed yet ahead of this one: it certainly waits
-            feed.emit(Queued(int(reply[2]) + 1))
+            position = int(reply[2]) + 1
+            feed.emit(Queued(position, self._eta(position)))
         return handle
 
     async def _queue(self, job: Job) -> Any:
@@ -219,6 +221,14 @@ class RedisSubmitter:
             self._changed.set()
             raise
 
+    def _eta(self, position: int) -> float | None:
+        """About how long the job at ``position`` waits. A job waits when every host is busy, so the answers of
+        this process running now stand for the cluster's slots (other adapter processes' jobs are not seen: the
+        estimate errs long). None before the first answer."""
+        if self._service_s is None:
+            return None
+        return position * self._service_s / max(1, self.running)
+
     @property
     def _keys_ttl_s(self) -> int:
         """How long a job's keys (job, cancel, wake) live: past anything that can still happen to the job."""
@@ -247,6 +257,9 @@ class RedisSubmitter:
         self.metrics.duration.observe(now - handle.submitted_at)
         if isinstance(event, Done):
             self.metrics.tokens.inc(event.completion_tokens)
+            if tracked.started_at:
+                took = now - tracked.started_at
+                self._service_s = took if self._service_s is None else 0.7 * self._service_s + 0.3 * took
         log.info(
             "job %s platform=%s outcome=%s attempt=%d queue_wait=%s ttft=%s duration=%.3fs",
             handle.job.id[:8], handle.job.platform, outcome, tracked.attempt,

@@ -34,7 +34,8 @@ def prepare(backend: Model, info: ModelInfo, template: Any, conn: Connection, jo
         params = replace(params, seed=random.randrange(2**31))
     budget = info.n_ctx - params.max_new_tokens
     try:
-        tokens, stop, dropped = fit_prompt(template, backend.tokenize, job.system_prompt, job.turns, budget)
+        tokens, stop, dropped = fit_prompt(template, backend.tokenize, job.system_prompt, job.turns, budget,
+                                           job.prefill)
     except PromptTooLong as exc:
         conn.send(JobFailed(job.seq, FailureKind.PROMPT_TOO_LONG, str(exc)))
         return None

@@ -24,13 +24,15 @@ from engine.types import FailureKind, FinishReason, GenParams, Turn
 
 @dataclass(frozen=True, slots=True)
 class RunJob:
-    """Answer ``turns`` after ``system_prompt``; give up after ``timeout_s`` seconds."""
+    """Answer ``turns`` after ``system_prompt`` (going on from ``prefill``, the answer's start, if any); give up
+    after ``timeout_s`` seconds."""
 
     seq: int
     turns: tuple[Turn, ...]
     system_prompt: str
     params: GenParams
     timeout_s: float
+    prefill: str = ""
 
 
 @dataclass(frozen=True, slots=True)

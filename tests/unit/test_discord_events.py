@@ -10,7 +10,7 @@ from discord.state import ConnectionState
 
 import bots.discord.events as ev
 from bots.answer import Question
-from bots.messages import Messages
+from bots.messages import Messages, queued_text
 from engine.types import Turn
 from testkit import fake_discord as fd
 from testkit.fake_discord import ALICE, BOB, BOT, BOT_ID, CHANNEL_ID, DM_ID, GUILD_ID, OTHER_CHANNEL_ID, ROLE_ID
@@ -129,7 +129,7 @@ def test_turns_from_a_thread_keep_answers_and_drop_notices(state: ConnectionStat
         fd.message(THREAD_ID, "", ALICE, attachments=1),
         fd.message(THREAD_ID, "why?"),
         fd.message(THREAD_ID, "Because\n\n" + Messages.SHUTDOWN, BOT),
-        fd.message(THREAD_ID, Messages.QUEUED.format(position=2), BOT),
+        fd.message(THREAD_ID, queued_text(2, 30.0), BOT),
         fd.message(THREAD_ID, "ignore me", fd.user(fd.snowflake(), "otherbot", bot=True)),
     ]
     alice = build(state, fd.message(THREAD_ID, "and Rust?")).author

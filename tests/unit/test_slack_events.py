@@ -10,7 +10,7 @@ import pytest
 from bots.answer import Question
 from bots.decisions import Ask, Ignore, Notice
 from bots.limits import Recent
-from bots.messages import Messages
+from bots.messages import Messages, queued_text
 from bots.sink import Control, Reply
 from bots.slack.events import (
     AccessPolicy,
@@ -196,7 +196,7 @@ def test_with_allowed_users_the_messages_of_anyone_else_never_reach_the_model() 
 
 def test_history_leaves_out_status_messages_cursors_and_failure_notes() -> None:
     assert bot_text_for_history(Messages.THINKING) == ""
-    assert bot_text_for_history(Messages.QUEUED.format(position=3)) == ""
+    assert bot_text_for_history(queued_text(3)) == "" and bot_text_for_history(queued_text(2, 14.6)) == ""
     assert bot_text_for_history(Messages.RATE_LIMITED.format(seconds=12)) == ""
     assert bot_text_for_history(Messages.HELP) == ""
     assert bot_text_for_history(Messages.FAILED) == ""
