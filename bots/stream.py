@@ -3,7 +3,6 @@ messages past the platform's limit, ended by exactly one final edit."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -88,26 +87,22 @@ class _Stream:
         self.text_held = False  # text arrived that the interval held back
 
     async def run(self) -> Done | Failed:
-        events = aiter(self.handle)
-        upcoming: asyncio.Future[Event] | None = None
-        try:
-            while True:
-                if upcoming is None:
-                    upcoming = asyncio.ensure_future(anext(events))
+        while True:
+            event = self.handle.next_nowait()  # everything that came while we edited first: one edit shows it all
+            if event is None:
                 wait = self._flush_in()
-                done, _ = await asyncio.wait({upcoming}, timeout=wait)
-                if not done:  # the interval passed with something held back: show it now
+                if wait is not None and wait <= 0:
                     await self._flush()
                     continue
-                event, upcoming = upcoming.result(), None
-                final = await self._on(event)
-                if final is not None:
-                    if not self.chain.closed:
-                        self.chain.tail = self.current
-                    return final
-        finally:
-            if upcoming is not None and not upcoming.done():
-                upcoming.cancel()
+                event = await self.handle.next(wait)
+                if event is None:  # the interval passed with something held back: show it now
+                    await self._flush()
+                    continue
+            final = await self._on(event)
+            if final is not None:
+                if not self.chain.closed:
+                    self.chain.tail = self.current
+                return final
 
     def _flush_in(self) -> float | None:
         if self.held is None and not self.text_held:
@@ -128,11 +123,7 @@ class _Stream:
             self.current += event.text
             self.held = None
             if self.current.strip():
-                if time.monotonic() - self.last_edit >= self.style.edit_interval_s:
-                    self.text_held = False
-                    await self._publish(Messages.CURSOR, Messages.THINKING, final=None)
-                else:
-                    self.text_held = True
+                self.text_held = True  # shown once the interval has passed and no more text is waiting
         elif isinstance(event, Started) and event.attempt > 1 and (self.current or len(chain.ids) > 1):
             # QUEUE_BACKEND=redis: the host died, another one answers from the start
             await self._restart()

@@ -53,6 +53,20 @@ class JobHandle:
             if isinstance(event, FINAL_EVENTS):
                 return
 
+    def next_nowait(self) -> Event | None:
+        """The next event if one is waiting, else None (consumes it, as iterating does)."""
+        try:
+            return self._events.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def next(self, timeout: float | None = None) -> Event | None:
+        """Wait for the next event, at most ``timeout`` seconds (then None). Do not mix with iterating."""
+        try:
+            return await asyncio.wait_for(self._events.get(), timeout)
+        except TimeoutError:
+            return None
+
     async def result(self) -> Done | Failed:
         """Wait for the final event (consuming the events before it)."""
         async for event in self:

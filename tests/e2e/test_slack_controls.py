@@ -13,6 +13,7 @@ import pytest_asyncio
 from bots.messages import Messages
 from bots.slack.adapter import SlackAdapter
 from bots.slack.settings import SlackSettings
+from bots.text import markdown_to_mrkdwn
 from engine.api import JobHandle
 from engine.local import Engine
 from engine.types import Done, Failed, FailureKind, GenParams, Job
@@ -90,21 +91,26 @@ async def test_stop_keeps_the_text_frees_the_slot_and_only_the_asker_may_press(s
                              .endswith(Messages.CURSOR), timeout=60)
         job = submitter.jobs[0].id
         stop = f"engbot:stop:{job}"
+        reply = answer_of(slack, runaway["ts"])["ts"]
         assert stop in action_ids(answer_of(slack, runaway["ts"]))  # a Stop button while it streams
         waiting = slack.user_says("<@UBOT> What is 2 + 2?", user="U0002")
         await slack.push(slack.as_mention(waiting))
         await slack.wait_for(lambda: slack.bot_messages(waiting["ts"]), timeout=30)
         assert answer_of(slack, waiting["ts"])["text"].startswith("_Waiting for my turn: next in line")
 
-        envelope = await slack.press(runaway["ts"], stop, user="U0002")  # not theirs
+        envelope = await slack.press(reply, stop, user="U0002")  # not theirs
         await told(slack, "U0002", Messages.PRESS_NOT_YOURS.format(what="stop"))
-        assert envelope in slack.acks and not submitter.handles[0].done
+        await slack.wait_for(lambda: envelope in slack.acks, timeout=10)  # (bolt acks as its listener returns)
+        assert not submitter.handles[0].done
 
-        await slack.press(runaway["ts"], stop, user="U0001")
+        await slack.press(reply, stop, user="U0001")
         final = await slack.wait_final(runaway["ts"])
-        assert final.endswith("\n\n" + Messages.STOPPED_BY.format(who="<@U0001>")) and len(final) > 40
+        note = "\n\n" + Messages.STOPPED_BY.format(who="<@U0001>")
+        assert final.endswith(note)
         result = submitter.handles[0].final
         assert isinstance(result, Failed) and result.kind is FailureKind.CANCELLED
+        kept = final.removesuffix(note)  # the text so far stays
+        assert kept.strip() and markdown_to_mrkdwn(result.partial).startswith(kept.strip())
         stopped = answer_of(slack, runaway["ts"])
         assert stop not in action_ids(stopped) and f"engbot:regenerate:{job}" in action_ids(stopped)
         # the freed slot answers the waiting question
@@ -112,13 +118,13 @@ async def test_stop_keeps_the_text_frees_the_slot_and_only_the_asker_may_press(s
         assert isinstance(submitter.handles[1].final, Done)
 
         # a press on a button the answer no longer shows (a client behind the times), and one after a restart
-        await slack.press(runaway["ts"], stop, user="U0001", stale=True)
+        await slack.press(reply, stop, user="U0001", stale=True)
         await told(slack, "U0001", Messages.PRESS_ENDED)
     finally:
         await adapter.close(timeout_s=10)
     restarted = await connect(slack, submitter)  # knows no answers: the bot restarted
     try:
-        await slack.press(runaway["ts"], f"engbot:regenerate:{job}", user="U0001")
+        await slack.press(reply, f"engbot:regenerate:{job}", user="U0001")
         await told(slack, "U0001", Messages.PRESS_UNKNOWN)
     finally:
         await restarted.close(timeout_s=10)

@@ -14,9 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from engbot.http import make_app
+from engine.api import JobHandle
 from engine.errors import EngineClosed
 from engine.local import Engine
-from engine.types import Done, Failed, GenParams, Job, Started, Turn
+from engine.types import Done, Failed, GenParams, Job, Queued, Started, Turn
 from tests.conftest import EngineFactory, make_settings
 from tests.integration.answers import GREEDY, LONG, QUESTIONS, first_text
 
@@ -182,3 +183,36 @@ async def test_a_job_waiting_for_a_replica_to_load_is_told_busy_in_time(engine_f
     # the replica loads after all, and answers
     final = await asyncio.wait_for(engine.submit_nowait(Job.ask(QUESTIONS[1], params=SHORT)).result(), 60)
     assert isinstance(final, Done)
+
+
+async def test_a_flood_from_one_user_does_not_hold_up_the_others(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory(QUEUE_MAX_SIZE=8)  # one replica, one slot
+    busy = engine.submit_nowait(Job.ask("Tell me a long story.", params=LONG, user="slack:U0"))
+    await first_text(busy)
+    flood = [engine.submit_nowait(Job.ask(QUESTIONS[i], params=SHORT, user="slack:U1")) for i in range(4)]
+    single = engine.submit_nowait(Job.ask(QUESTIONS[4], params=SHORT, user="discord:42"))
+    assert [h.position for h in flood] == [1, 3, 4, 5] and single.position == 2  # the others' turn comes next
+    started: list[str] = []
+
+    async def follow(name: str, handle: JobHandle) -> None:
+        async for event in handle:
+            if isinstance(event, Started):
+                started.append(name)
+
+    followers = [asyncio.create_task(follow(f"flood {i}", h)) for i, h in enumerate(flood)]
+    followers.append(asyncio.create_task(follow("single", single)))
+    engine.cancel(busy.job.id)
+    await asyncio.wait_for(asyncio.gather(*followers), 120)
+    assert started == ["flood 0", "single", "flood 1", "flood 2", "flood 3"]
+
+
+async def test_a_waiting_job_is_told_about_how_long_it_waits(engine_factory: EngineFactory) -> None:
+    engine = await engine_factory()
+    first = engine.submit_nowait(Job.ask(QUESTIONS[0], params=SHORT))
+    assert first.position == 0 and isinstance(await first.result(), Done)  # (no estimate before an answer)
+    running = engine.submit_nowait(Job.ask("Tell me a long story.", params=LONG))
+    waiting = engine.submit_nowait(Job.ask(QUESTIONS[1], params=SHORT))
+    assert waiting.position == 1 and waiting.eta_s is not None and waiting.eta_s > 0  # (from the first answer)
+    engine.cancel(running.job.id)
+    events = [e async for e in waiting]
+    assert isinstance(events[0], Queued) and events[0].eta_s is not None and isinstance(events[-1], Done)
