@@ -254,7 +254,8 @@ class DiscordAdapter:
 
     async def pressed(self, interaction: discord.Interaction[Any], custom_id: str) -> None:
         """Acknowledge a press at once (a deferred update: the message stays as it is), then do what it asks
-        through the answer flow; whatever is said about it, only the presser sees. Never raises."""
+        through the answer flow; whatever is said about it, only the presser sees (after ``stop_intake``: that the
+        bot is unavailable). A press on an id that is not ours is ignored. Never raises."""
         user = interaction.user
         press = ev.press_of(custom_id, user.id, ev.role_ids(user), self.settings.admin_roles)
         if press is None:

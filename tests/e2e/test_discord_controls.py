@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bots.discord.adapter import DiscordAdapter
@@ -22,6 +23,7 @@ from engine.api import JobHandle
 from engine.types import Done, Failed, FailureKind, GenParams, Job
 from testkit.fake_discord import (
     ALICE_ID,
+    APP_ID,
     BOB,
     BOB_ID,
     BOT,
@@ -259,3 +261,37 @@ async def test_ask_is_acknowledged_before_a_slow_submit(
     assert callback is not None and callback["type"] == 5 and not fake.refused  # "thinking…" in time, not 10062
     assert submitter.handles and isinstance(submitter.handles[0].final, Done)
     assert not final["content"].startswith("⚠️")
+
+
+async def test_the_fake_holds_the_bot_to_discords_rules(fake: FakeDiscord) -> None:
+    """What the tests above rely on: late or second interaction responses, and over-long content, are refused with
+    Discord's codes; an ephemeral follow-up is seen by its user alone; the first follow-up of a deferred response
+    replaces "thinking…" and keeps its visibility."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {TOKEN}"}) as http:
+        async def call(method: str, path: str, body: Payload) -> tuple[int, Any]:
+            async with http.request(method, fake.api_url + path, json=body) as response:
+                return response.status, await response.json() if response.content_length != 0 else None
+
+        asked = await fake.ask("Hello?")
+        callback = f"/interactions/{asked['id']}/{asked['token']}/callback"
+        assert (await call("POST", callback, {"type": 5}))[0] == 200
+        status, error = await call("POST", callback, {"type": 5})
+        assert (status, error["code"]) == (400, 40060)
+        followup = f"/webhooks/{APP_ID}/{asked['token']}"
+        status, first = await call("POST", followup, {"content": "Only you see this", "flags": 64})
+        assert status == 200 and first["id"] == (fake.original(asked) or {}).get("id")  # replaced "thinking…"
+        assert fake.told(ALICE_ID) == [] and not first["flags"] & 64
+        status, second = await call("POST", followup, {"content": "Only you see this", "flags": 64})
+        assert status == 200 and fake.told(ALICE_ID) == ["Only you see this"]
+        assert second["id"] not in {m["id"] for m in fake.messages(CHANNEL_ID)}
+        assert (await call("POST", followup, {"content": "x" * 2001}))[1]["code"] == 50035
+        assert (await call("POST", f"/channels/{CHANNEL_ID}/messages", {"content": "x" * 2001}))[1]["code"] == 50035
+        status, posted = await call("POST", f"/channels/{CHANNEL_ID}/messages", {"content": "x" * 2000})
+        assert status == 200
+        edit = f"/channels/{CHANNEL_ID}/messages/{posted['id']}"
+        assert (await call("PATCH", edit, {"content": "x" * 2001}))[1]["code"] == 50035
+        late = await fake.ask("Anyone?")
+        fake.created[late["token"]] -= 3.5  # Discord forgets an interaction not answered within 3 s
+        status, error = await call("POST", f"/interactions/{late['id']}/{late['token']}/callback", {"type": 5})
+        assert (status, error["code"]) == (404, 10062)
+        assert [r["code"] for r in fake.refused] == [40060, 10062]
