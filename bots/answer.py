@@ -24,7 +24,7 @@ from bots.limits import RateLimiter
 from bots.messages import Messages, failure_text, queued_text
 from bots.metrics import feedback_counter
 from bots.presses import FEEDBACK, Action, Press, Refuse, judge
-from bots.sink import AnswerTarget, Opened, Reply
+from bots.sink import Accepting, AnswerTarget, Opened, Reply
 from bots.stream import AnswerControls, MessageChain, StreamStyle, restart, stream_reply
 from engine.api import JobHandle, Submitter
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
@@ -76,10 +76,12 @@ class AnswerFlow:
 
     async def answer(self, question: Question, target: AnswerTarget) -> Done | Failed | None:
         """Answer ``question`` at ``target``; the final event, or None when no answer was started (a notice was
-        given instead, or the question was a duplicate). Raises only what the target raised while giving a
-        notice (the caller logs it)."""
+        given instead, or the question was a duplicate). Raises only what the target raised while accepting the
+        question or giving a notice (the caller logs it)."""
         if not await self._allowed(question.user, target.notice):
             return None
+        if isinstance(target, Accepting):
+            await target.accept()  # before anything that can wait: reading the thread, a submit over Redis
         try:
             turns = await question.turns()
             job = Job(turns=turns, params=question.params, platform=self.platform,

@@ -1,11 +1,12 @@
 """Where replies go: a ``Sink`` posts, edits and deletes the bot's messages in one conversation; a message is a
 ``Reply``, its text plus the controls (buttons) shown under it. An ``AnswerTarget`` is where one question's
-answer goes: a notice, or the answer's first message (whose sink the answer then streams into)."""
+answer goes: a notice, or the answer's first message (whose sink the answer then streams into); a target that
+must acknowledge a question early (a Discord interaction: 3 s) is also ``Accepting``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +71,16 @@ class AnswerTarget(Protocol):
 
     async def open(self, placeholder: Reply) -> Opened:
         """Show the answer's first message: ``placeholder``, where the platform shows one at this point."""
+        ...
+
+
+@runtime_checkable
+class Accepting(Protocol):
+    """An ``AnswerTarget`` that must acknowledge its question before anything that can wait. Optional: the answer
+    flow awaits ``accept`` once the rate limit let the question through, before it reads the conversation or
+    submits the job (either can take seconds); targets without it are simply not asked."""
+
+    async def accept(self) -> None:
+        """Acknowledge the question (e.g. Discord's deferred "thinking…" response). Notices given after it must
+        still reach only the asker where they did before."""
         ...

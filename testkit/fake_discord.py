@@ -1,8 +1,11 @@
 """A fake Discord on 127.0.0.1: the REST routes discord.py calls and the gateway WebSocket, in one aiohttp app.
 
 It keeps channels' messages (so history, edits and threads behave), records every REST request, and lets a test
-push gateway dispatches (messages, slash commands) as Discord would. Payload builders are module functions, so
-``test_discord_events.py`` builds real discord.py objects from the same dicts.
+push gateway dispatches (messages, slash commands, button presses) as Discord would. It holds the bot to Discord's
+rules where they bite: an interaction answered after 3 s is unknown (10062), a second answer is refused (40060),
+message content over 2,000 characters and components past their limits are an invalid form body (50035), and the
+first follow-up of a deferred "thinking…" response replaces it, keeping its visibility. Payload builders are module
+functions, so ``test_discord_events.py`` builds real discord.py objects from the same dicts.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def snowflake() -> int:
 BOT_ID, APP_ID, GUILD_ID, CHANNEL_ID, DM_ID, COMMAND_ID = (snowflake() for _ in range(6))
 ALICE_ID, BOB_ID, ROLE_ID, OTHER_CHANNEL_ID = (snowflake() for _ in range(4))
 MESSAGE_CONTENT_INTENT = 1 << 15
+CONTENT_MAX = 2000
+INTERACTION_WINDOW_S = 3.0  # the first response to an interaction must come within this
+EPHEMERAL, LOADING = 64, 128  # message flags
 
 
 def now_iso() -> str:
@@ -139,6 +145,27 @@ def interaction(prompt: str, *, channel: Payload | None = None, roles: tuple[int
     return data
 
 
+def component_interaction(message_payload: Payload, custom_id: str, channel: Payload, *,
+                          user_payload: Payload = ALICE, roles: tuple[int, ...] = ()) -> Payload:
+    """An INTERACTION_CREATE payload for a press on a button of ``message_payload`` (type 3, component type 2): in
+    a server the presser comes as ``member`` with their roles, in a DM as ``user``."""
+    interaction_id = snowflake()
+    in_guild = "guild_id" in channel
+    data: Payload = {
+        "id": str(interaction_id), "application_id": str(APP_ID), "type": 3, "token": f"itoken-{interaction_id}",
+        "version": 1, "app_permissions": "2248473465835073", "locale": "en-US", "entitlements": [],
+        "attachment_size_limit": 8 * 1024 * 1024, "context": 0 if in_guild else 1,
+        "data": {"custom_id": custom_id, "component_type": 2},
+        "message": _rest_message(message_payload), "channel": channel, "channel_id": channel["id"],
+    }
+    if in_guild:
+        data.update(guild_id=str(GUILD_ID), guild_locale="en-US", member=member(user_payload, roles),
+                    authorizing_integration_owners={"0": str(GUILD_ID)})
+    else:
+        data.update(user=user_payload, authorizing_integration_owners={"0": str(user_payload["id"])})
+    return data
+
+
 @dataclass
 class Request:
     method: str
@@ -160,7 +187,10 @@ class FakeDiscord:
         self.identifies: list[Payload] = []
         self.channels: dict[str, list[Payload]] = {}  # channel id -> messages, oldest first
         self.interactions: dict[str, Payload] = {}  # token -> interaction
-        self.callbacks: list[Payload] = []  # interaction responses: {"type": 4|5, "data": {...}}
+        self.created: dict[str, float] = {}  # token -> when the interaction was sent (monotonic)
+        self.callbacks: list[Payload] = []  # accepted interaction responses: {"type": 4|5|6|7, "data", "at"}
+        self.refused: list[Payload] = []  # responses refused: {"interaction_id", "code", "at"}
+        self.ephemeral: list[Payload] = []  # what only one user saw: {"interaction_id", "user_id", "content"}
         self.commands: list[Payload] = []
         self.threads: list[Payload] = []
         self.deleted: list[Payload] = []  # messages removed with DELETE
@@ -240,9 +270,39 @@ class FakeDiscord:
     async def ask(self, prompt: str, **kwargs: Any) -> Payload:
         """A user runs /ask."""
         data = interaction(prompt, **kwargs)
-        self.interactions[data["token"]] = data
-        await self.dispatch("INTERACTION_CREATE", data)
+        await self._interact(data)
         return data
+
+    async def press(self, message_payload: Payload, custom_id: str, *, user: Payload = ALICE,
+                    roles: tuple[int, ...] = ()) -> Payload:
+        """A user presses the button ``custom_id`` under a message the bot posted (as the message stands now)."""
+        current = self._find(message_payload["id"]) or message_payload
+        data = component_interaction(current, custom_id, self._channel(current["channel_id"]), user_payload=user,
+                                     roles=roles)
+        await self._interact(data)
+        return data
+
+    def told(self, user_id: int | str) -> list[str]:
+        """What one user was told privately (ephemeral responses and follow-ups), oldest first."""
+        by_user = {i["id"] for i in self.interactions.values() if _user_id(i) == str(user_id)}
+        texts = [(c["at"], c["data"].get("content", "")) for c in self.callbacks
+                 if c["interaction_id"] in by_user and c["data"].get("flags", 0) & EPHEMERAL]
+        texts += [(e["at"], e["content"]) for e in self.ephemeral if e["user_id"] == str(user_id)]
+        return [text for _, text in sorted(texts, key=lambda t: t[0])]
+
+    async def _interact(self, data: Payload) -> None:
+        self.interactions[data["token"]] = data
+        self.created[data["token"]] = time.monotonic()
+        await self.dispatch("INTERACTION_CREATE", data)
+
+    def _channel(self, channel_id: str) -> Payload:
+        """A channel's payload, as an interaction carries it."""
+        thread = next((t for t in self.threads if t["id"] == channel_id), None)
+        if thread is not None:
+            return thread
+        if channel_id == str(DM_ID):
+            return {"id": channel_id, "type": 1, "recipients": [ALICE], "last_message_id": None}
+        return text_channel(int(channel_id), "random" if channel_id == str(OTHER_CHANNEL_ID) else "general")
 
     def messages(self, channel_id: int | str) -> list[Payload]:
         return self.channels.get(str(channel_id), [])
@@ -309,17 +369,42 @@ class FakeDiscord:
         return _json(self.commands)
 
     async def _callback(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
-        source = self.interactions[match.group(2)]
+        token, now = match.group(2), time.monotonic()
+        source = self.interactions.get(token)
+        refusal: tuple[int, str, int] | None = None
+        if source is None or now - self.created[token] > INTERACTION_WINDOW_S:
+            refusal = (10062, "Unknown interaction", 404)
+        elif self.callback_for(source) is not None:
+            refusal = (40060, "Interaction has already been acknowledged.", 400)
+        if refusal is not None:
+            code, text, status = refusal
+            self.refused.append({"interaction_id": source["id"] if source else None, "type": body.get("type"),
+                                 "code": code, "at": now})
+            return _json({"message": text, "code": code}, status=status)
+        assert source is not None
         data = body.get("data") or {}
-        msg = self._store(message(int(source["channel_id"]), data.get("content", ""), BOT,
-                                  in_guild="guild_id" in source))
-        msg.update(webhook_id=str(APP_ID), flags=data.get("flags", 0) | (128 if body["type"] == 5 else 0))
-        self.callbacks.append({"interaction_id": source["id"], "type": body["type"], "data": data,
-                               "message_id": msg["id"], "at": time.monotonic()})
-        return _json({"interaction": {"id": source["id"], "type": 2, "response_message_id": msg["id"],
-                                      "response_message_loading": body["type"] == 5,
-                                      "response_message_ephemeral": bool(data.get("flags", 0) & 64)},
-                      "resource": {"type": body["type"], "message": msg}})
+        if (invalid := _invalid_form(data)) is not None:
+            return invalid
+        kind = body["type"]
+        if kind in (6, 7):  # (deferred) update of the message the pressed button is on
+            msg = self._find(source["message"]["id"]) if "message" in source else None
+            if msg is None:
+                return _json({"message": "Unknown Message", "code": 10008}, status=404)
+            if kind == 7:
+                self._update(msg["id"], data)
+        else:
+            msg = self._store(message(int(source["channel_id"]), data.get("content", ""), BOT,
+                                      in_guild="guild_id" in source))
+            msg.update(webhook_id=str(APP_ID), flags=data.get("flags", 0) | (LOADING if kind == 5 else 0))
+            if data.get("components"):
+                msg["components"] = data["components"]
+        self.callbacks.append({"interaction_id": source["id"], "type": kind, "data": data,
+                               "message_id": msg["id"], "at": now})
+        resource: Payload = {"type": kind} if kind == 6 else {"type": kind, "message": _rest_message(msg)}
+        return _json({"interaction": {"id": source["id"], "type": source["type"], "response_message_id": msg["id"],
+                                      "response_message_loading": kind == 5,
+                                      "response_message_ephemeral": bool(msg.get("flags", 0) & EPHEMERAL)},
+                      "resource": resource})
 
     def _webhook_message(self, match: re.Match[str]) -> str | None:
         """The message a webhook route names (``@original``: the interaction's response), None if there is none."""
@@ -343,14 +428,27 @@ class FakeDiscord:
 
     async def _followup(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         source = self.interactions[match.group(1)]
-        msg = self._store(message(int(source["channel_id"]), body.get("content", ""), BOT,
-                                  in_guild="guild_id" in source))
-        msg["webhook_id"] = str(APP_ID)
-        return _json(msg)
+        if (invalid := _invalid_form(body)) is not None:
+            return invalid
+        callback = self.callback_for(source)
+        loading = self._find(callback["message_id"]) if callback is not None else None
+        if loading is not None and loading.get("flags", 0) & LOADING:
+            # the first follow-up of a deferred response resolves it: it replaces "thinking…", with its visibility
+            return self._update(loading["id"], body)
+        msg = message(int(source["channel_id"]), body.get("content", ""), BOT, in_guild="guild_id" in source)
+        msg.update(webhook_id=str(APP_ID), flags=body.get("flags", 0) & EPHEMERAL)
+        if body.get("components"):
+            msg["components"] = body["components"]
+        if msg["flags"] & EPHEMERAL:  # seen by the user alone: not in the channel
+            self.ephemeral.append({"interaction_id": source["id"], "user_id": _user_id(source),
+                                   "content": msg["content"], "message_id": msg["id"], "at": time.monotonic()})
+        else:
+            self._store(msg)
+        return _json(_rest_message(msg))
 
     async def _post(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         channel_id = match.group(1)
-        if (invalid := _invalid_components(body)) is not None:
+        if (invalid := _invalid_form(body)) is not None:
             return invalid
         ref = body.get("message_reference")
         reference = self._find(ref["message_id"]) if ref else None
@@ -417,13 +515,13 @@ class FakeDiscord:
         found = self._find(message_id)
         if found is None:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
-        if (invalid := _invalid_components(body)) is not None:
+        if (invalid := _invalid_form(body)) is not None:
             return invalid
         if "content" in body:
             found["content"] = body["content"]
         if "components" in body:  # an empty list takes them away; no key keeps them
             found["components"] = body["components"]
-        found["flags"] = found.get("flags", 0) & ~128
+        found["flags"] = found.get("flags", 0) & ~LOADING
         found["edited_timestamp"] = now_iso()
         found.setdefault("edits", []).append((time.monotonic(), body.get("content")))
         return _json({k: v for k, v in found.items() if k != "edits"})
@@ -469,9 +567,21 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
                         headers={"Content-Type": "application/json", **(headers or {})})
 
 
-def _invalid_components(body: Any) -> web.Response | None:
-    """Discord's 50035 for components past its limits: 5 action rows of 5 buttons, ``custom_id`` 1-100 characters,
-    labels up to 80."""
+def _user_id(interaction_payload: Payload) -> str:
+    """Who sent an interaction: the member's user in a server, the user in a DM."""
+    presser: Payload = (interaction_payload.get("member") or {}).get("user") or interaction_payload["user"]
+    return str(presser["id"])
+
+
+def _invalid_form(body: Any) -> web.Response | None:
+    """Discord's 50035 for content over 2,000 characters and components past their limits: 5 action rows of 5
+    buttons, ``custom_id`` 1-100 characters, labels up to 80."""
+    content = body.get("content") if isinstance(body, dict) else None
+    if isinstance(content, str) and len(content) > CONTENT_MAX:
+        return _json({"message": "Invalid Form Body", "code": 50035,
+                      "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
+                                                          "message": "Must be 2000 or fewer in length."}]}}},
+                     status=400)
     rows = body.get("components") if isinstance(body, dict) else None
     if not rows:
         return None

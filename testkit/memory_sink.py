@@ -56,3 +56,23 @@ class MemoryTarget:
             raise ConnectionError("the platform refused the placeholder")
         self.opened += 1
         return Opened(self.sink, await self.sink.post(placeholder), placeholder)
+
+
+class AcceptingTarget(MemoryTarget):
+    """A ``MemoryTarget`` that acknowledges its question first (``bots.sink.Accepting``, as a Discord interaction
+    must within 3 s); ``steps`` lists what happened to it, in order: accept, notice, open."""
+
+    def __init__(self, sink: MemorySink | None = None, *, steps: list[str] | None = None) -> None:
+        super().__init__(sink)
+        self.steps = steps if steps is not None else []
+
+    async def accept(self) -> None:
+        self.steps.append("accept")
+
+    async def notice(self, text: str) -> None:
+        self.steps.append("notice")
+        await super().notice(text)
+
+    async def open(self, placeholder: Reply) -> Opened:
+        self.steps.append("open")
+        return await super().open(placeholder)

@@ -1,5 +1,6 @@
 """The Discord adapter: ``/ask``, mentions answered in a thread of their own, follow-ups in that thread, and DMs;
-each question answered through the shared answer flow (``bots/answer.py``).
+each question answered through the shared answer flow (``bots/answer.py``), and presses on the buttons under its
+answers (``buttons.py``) handed to the same flow.
 
     adapter = DiscordAdapter(settings, submitter)
     await adapter.start()            # returns once the gateway sent READY
@@ -26,6 +27,7 @@ from discord.webhook.async_ import async_context
 import bots.discord.events as ev
 from bots.answer import AnswerFlow, Question
 from bots.decisions import Ignore, Notice
+from bots.discord.buttons import AnswerButton
 from bots.discord.client import RebasedHTTPClient, RebasedWebhookAdapter, guarded
 from bots.discord.settings import DiscordSettings
 from bots.discord.sink import CommandTarget, MessageTarget
@@ -71,6 +73,7 @@ class _Client(discord.Client):
                                                    callback=adapter.ask))
 
     async def setup_hook(self) -> None:
+        self.add_dynamic_items(AnswerButton)  # presses on any message's buttons, sent before a restart too
         guild = discord.Object(self.adapter.settings.guild_id) if self.adapter.settings.guild_id else None
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
@@ -89,6 +92,8 @@ class _Client(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
 
+    async def pressed(self, interaction: discord.Interaction[Any], custom_id: str) -> None:
+        await self.adapter.pressed(interaction, custom_id)
 
 
 class DiscordAdapter:
@@ -101,7 +106,8 @@ class DiscordAdapter:
         self.access = settings.access
         self.flow = AnswerFlow(ev.PLATFORM, submitter,
                                RateLimiter(settings.rate_limit_per_user, settings.rate_limit_period_s),
-                               StreamStyle(limit=MESSAGE_LIMIT))
+                               StreamStyle(limit=MESSAGE_LIMIT),
+                               mention=lambda user: f"<@{user}>")  # (allowed_mentions is none: it pings nobody)
         self.interaction_ttl_s = INTERACTION_TTL_S
         self.message_content = True  # False once the gateway refused the privileged intent
         self._client: _Client | None = None
@@ -243,6 +249,40 @@ class DiscordAdapter:
                 await self.flow.answer(question, target)
             except Exception:
                 log.exception("answering /ask %s failed", interaction.id)
+
+    # ---- a press on an answer's button ----
+
+    async def pressed(self, interaction: discord.Interaction[Any], custom_id: str) -> None:
+        """Acknowledge a press at once (a deferred update: the message stays as it is), then do what it asks
+        through the answer flow; whatever is said about it, only the presser sees (after ``stop_intake``: that the
+        bot is unavailable). A press on an id that is not ours is ignored. Never raises."""
+        user = interaction.user
+        press = ev.press_of(custom_id, user.id, ev.role_ids(user), self.settings.admin_roles)
+        if press is None:
+            log.warning("ignored a press on a button that is not ours: %r", custom_id[:100])
+            return
+        try:
+            await interaction.response.defer()  # within Discord's 3 s, before anything that can wait
+        except discord.HTTPException as exc:
+            log.warning("could not acknowledge a %s press on job %s (%s): Discord tells the user it failed",
+                        press.action, press.job_id[:8], exc)
+            return
+
+        async def tell(text: str) -> None:
+            await interaction.followup.send(text, ephemeral=True)
+
+        with self._in_flight():
+            try:
+                if not self._intake:
+                    await tell(Messages.UNAVAILABLE)
+                    return
+                await self.flow.press(press, tell)
+            except Exception:
+                log.exception("a %s press on job %s by user %s failed", press.action, press.job_id[:8], user.id)
+                try:
+                    await tell(Messages.FAILED)
+                except Exception as exc:
+                    log.warning("could not tell the presser either: %s: %s", type(exc).__name__, exc)
 
     # ---- mentions, threads, DMs ----
 

@@ -15,6 +15,7 @@ import discord
 from bots.conversation import Said, allowed, conversation
 from bots.decisions import Ask, Ignore, Notice
 from bots.messages import Messages
+from bots.presses import Press, parse
 from engine.types import Turn
 
 PLATFORM = "discord"
@@ -27,6 +28,7 @@ _NOTICES = tuple(
                  Messages.EMPTY_ANSWER, Messages.UNAVAILABLE, Messages.NO_TEXT, Messages.NOT_ALLOWED, Messages.MOVED,
                  Messages.RETRACTED, Messages.STOPPED, "⚠️")
 )
+_STOPPED_BY = re.compile("\n\n" + re.escape(Messages.STOPPED_BY).replace(re.escape("{who}"), "[^\n]*") + "$")
 _MENTION = re.compile(r"<(@!?|@&|#)(\d+)>")
 _EMOJI = re.compile(r"<a?:(\w+):\d+>")
 _SPACES = re.compile(r"[ \t]{2,}")
@@ -161,9 +163,19 @@ def decide_command(prompt: str, access: Access, *, guild_id: int | None, channel
     return Ask(prompt) if prompt else Notice(Messages.HELP)
 
 
+def press_of(custom_id: str, user_id: int, roles: Iterable[int], admin_roles: Container[str]) -> Press | None:
+    """The press a button's ``custom_id`` asks for; None for an id that is not one of ours (ignored). ``roles``:
+    the presser's role ids (none in a DM); holding one of ``admin_roles`` makes them an admin."""
+    parsed = parse(custom_id)
+    if parsed is None:
+        return None
+    action, job_id = parsed
+    return Press(action, job_id, str(user_id), admin=any(str(r) in admin_roles for r in roles))
+
+
 def bot_text(text: str) -> str:
     """The answer part of a message the bot posted: no notices, cursor or appended failure note."""
-    text = text.removesuffix(Messages.CURSOR).strip().removesuffix("\n\n" + Messages.STOPPED)
+    text = _STOPPED_BY.sub("", text.removesuffix(Messages.CURSOR).strip().removesuffix("\n\n" + Messages.STOPPED))
     if text.startswith(_NOTICES):
         return ""
     return text.split("\n\n⚠️", 1)[0]

@@ -28,6 +28,7 @@ class DiscordSettings:
     allowed_guilds: frozenset[str] = frozenset()
     allowed_channels: frozenset[str] = frozenset()
     allowed_roles: frozenset[str] = frozenset()
+    admin_roles: frozenset[str] = frozenset()  # holders may steer (stop, regenerate, continue) anyone's answer
     rate_limit_per_user: int = 5
     rate_limit_period_s: float = 60.0
     guild_ready_timeout_s: float = 2.0  # how long READY waits for the servers' data; not a setting, tests shorten it
@@ -54,6 +55,7 @@ class DiscordSettings:
             allowed_guilds=_ids(env, "DISCORD_ALLOWED_GUILDS"),
             allowed_channels=_ids(env, "DISCORD_ALLOWED_CHANNELS"),
             allowed_roles=_ids(env, "DISCORD_ALLOWED_ROLES"),
+            admin_roles=_ids(env, "DISCORD_ADMIN_ROLES"),
             rate_limit_per_user=rate.limit,
             rate_limit_period_s=rate.period_s,
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 import discord
 
+from bots.discord.buttons import view
 from bots.messages import Messages
 from bots.sink import Opened, Reply
 
@@ -18,27 +19,10 @@ log = logging.getLogger("engbot.discord")
 ORIGINAL = "@original"  # the message id of a slash command's (deferred) response
 
 
-def view(reply: Reply) -> discord.ui.View | None:
-    """A reply's controls as buttons (legacy action rows: the message's ``content`` stays editable). Their
-    ``custom_id`` is ``engbot:<action>:<value>``; presses are handled by ``DynamicItem``s registered at start,
-    so they work after a restart too. None (no components; on an edit: take them away) without controls."""
-    if not reply.controls:
-        return None
-    styles = {"default": discord.ButtonStyle.secondary, "primary": discord.ButtonStyle.primary,
-              "danger": discord.ButtonStyle.danger}
-    buttons = discord.ui.View(timeout=None)
-    for control in reply.controls[:25]:  # 5 rows of 5
-        buttons.add_item(discord.ui.Button(label=control.label[:80], custom_id=control.custom_id[:100],
-                                           style=styles[control.style]))
-    return buttons
-
-
 def components(reply: Reply) -> dict[str, Any]:
     """``send`` arguments for a reply's controls (none: no ``view`` argument at all)."""
     shown = view(reply)
     return {"view": shown} if shown is not None else {}
-
-
 
 
 class ChannelSink:
@@ -153,14 +137,30 @@ class MessageTarget:
 
 class CommandTarget:
     """The answer to ``/ask``: notices are ephemeral (only the asker sees them); the answer goes into the deferred
-    response ("thinking…"), then follow-ups, then channel messages once the token expires."""
+    response ("thinking…"), then follow-ups, then channel messages once the token expires.
+
+    Discord forgets an interaction not answered within 3 s (10062 "Unknown interaction"): the answer flow calls
+    ``accept`` (the deferral) before it submits the job, which can take longer (a Redis queue)."""
 
     def __init__(self, interaction: discord.Interaction, ttl_s: float) -> None:
         self.interaction, self.ttl_s = interaction, ttl_s
 
+    async def accept(self) -> None:
+        await self.interaction.response.defer(thinking=True)  # Discord shows its own "thinking…", to everyone
+
     async def notice(self, text: str) -> None:
-        await self.interaction.response.send_message(text, ephemeral=True)
+        if not self.interaction.response.is_done():
+            await self.interaction.response.send_message(text, ephemeral=True)
+            return
+        # Deferred already. The first follow-up would replace "thinking…" and keep its visibility (everyone's):
+        # take it away, then tell the asker alone.
+        try:
+            await self.interaction.delete_original_response()
+        except discord.HTTPException as exc:
+            log.warning("could not remove the thinking response of /ask %s: %s", self.interaction.id, exc)
+        await self.interaction.followup.send(text, ephemeral=True)
 
     async def open(self, placeholder: Reply) -> Opened:
-        await self.interaction.response.defer(thinking=True)  # Discord shows its own "thinking…"
+        if not self.interaction.response.is_done():
+            await self.accept()
         return Opened(InteractionSink(self.interaction, time.monotonic() + self.ttl_s), ORIGINAL, Reply(""))

@@ -28,6 +28,7 @@ from engine.errors import ConfigError, QueueFull
 from engine.local import Engine
 from engine.types import Done, GenParams, Job, TextPiece
 from testkit.fake_discord import (
+    ALICE_ID,
     BOB,
     BOT,
     CHANNEL_ID,
@@ -145,10 +146,11 @@ def test_settings_from_environ() -> None:
     assert DiscordSettings.from_environ({"DISCORD_BOT_TOKEN": " "}) is None
     settings = DiscordSettings.from_environ({
         "DISCORD_BOT_TOKEN": "abc.def.ghi", "DISCORD_GUILD_ID": "123", "DISCORD_ALLOWED_CHANNELS": "1, 2,",
-        "DISCORD_API_URL": "http://127.0.0.1:9/api/v10/", "RATE_LIMIT_PER_USER": "0",
+        "DISCORD_API_URL": "http://127.0.0.1:9/api/v10/", "RATE_LIMIT_PER_USER": "0", "DISCORD_ADMIN_ROLES": "7,8",
     })
     assert settings is not None
     assert settings.guild_id == 123 and settings.allowed_channels == {"1", "2"} and not settings.allowed_roles
+    assert settings.admin_roles == {"7", "8"}
     assert settings.api_url == "http://127.0.0.1:9/api/v10" and settings.gateway_url.startswith("wss://")
     assert settings.rate_limit_per_user == 0
     assert "abc.def.ghi" not in repr(settings) and "abc.def.ghi" not in str(settings)
@@ -156,6 +158,7 @@ def test_settings_from_environ() -> None:
 
 @pytest.mark.parametrize(("name", "value"), [
     ("DISCORD_GUILD_ID", "my-server"), ("DISCORD_GUILD_ID", "1,2"), ("DISCORD_ALLOWED_ROLES", "1,admins"),
+    ("DISCORD_ADMIN_ROLES", "mods"),
     ("DISCORD_API_URL", "discord.com/api"), ("DISCORD_GATEWAY_URL", "http://x"), ("RATE_LIMIT_PER_USER", "many"),
     ("RATE_LIMIT_PERIOD_S", "0"), ("DISCORD_BOT_TOKEN", "Bot abc.def"),
 ])
@@ -365,8 +368,8 @@ async def test_context_of_a_reply_chain_and_ask_in_a_dm(fake: FakeDiscord, conne
     assert busy["content"] == Messages.BUSY
     assert [t.content for t in engine.jobs[-1].turns] == ["Hi there"]
     in_dm = await fake.ask("Hello from a DM", in_guild=False)
-    callback = await fake.wait_for(lambda: fake.callback_for(in_dm))
-    assert callback["data"]["content"] == Messages.BUSY and callback["data"]["flags"] & 64
+    await fake.wait_for(lambda: fake.told(ALICE_ID) == [Messages.BUSY])  # after "thinking…": only Alice reads it
+    assert fake.original(in_dm) is None
     assert engine.jobs[-1].turns[-1].content == "Hello from a DM"
 
 
@@ -402,8 +405,9 @@ async def test_busy_and_queued(fake: FakeDiscord, connect: AdapterFactory, engin
     waiting = await fake.ask("What is 2 + 2?")
     await fake.wait_for(lambda: (o := fake.original(waiting)) and o["content"].startswith(QUEUED_PREFIX))
     busy = await fake.ask("And 3 + 3?")
-    callback = await fake.wait_for(lambda: fake.callback_for(busy))
-    assert callback["type"] == 4 and callback["data"]["flags"] & 64 and callback["data"]["content"] == Messages.BUSY
+    await fake.wait_for(lambda: fake.told(ALICE_ID) == [Messages.BUSY])
+    # deferred ("thinking…", seen by everyone) before the submit; then taken away: only the asker reads "busy"
+    assert (fake.callback_for(busy) or {})["type"] == 5 and fake.original(busy) is None
     mentioned = await fake.say(CHANNEL_ID, f"{mention()} hello?", mentions=(BOT,))
     (notice,) = await answer_in(fake, mentioned["id"])
     assert notice["content"] == Messages.BUSY
@@ -529,16 +533,17 @@ async def test_replies_carry_their_controls_as_buttons_and_lose_them_on_edit(fak
     channel = adapter._client.get_channel(CHANNEL_ID)
     assert isinstance(channel, discord.TextChannel)
     sink = ChannelSink(channel)
-    stop = Control("stop", "Stop", value="job1", style="danger")
-    message_id = await sink.post(Reply("Thinking…", (stop, Control("regenerate", "Regenerate", "job1"))))
+    stop = Control("stop", "Stop", value="ab01", style="danger")
+    message_id = await sink.post(Reply("Thinking…", (stop, Control("regenerate", "Regenerate", "ab01"))))
     (posted,) = fake.calls("POST", rf"/channels/{CHANNEL_ID}/messages")
     assert posted.body["components"] == [{"type": 1, "components": [
-        {"type": 2, "style": 4, "label": "Stop", "custom_id": "engbot:stop:job1", "disabled": False},
-        {"type": 2, "style": 2, "label": "Regenerate", "custom_id": "engbot:regenerate:job1", "disabled": False}]}]
+        {"type": 2, "style": 4, "label": "Stop", "custom_id": "engbot:stop:ab01", "disabled": False},
+        {"type": 2, "style": 2, "label": "Regenerate", "custom_id": "engbot:regenerate:ab01", "disabled": False}]}]
     await sink.edit(message_id, Reply("The answer."))  # the answer ended: its buttons go
     (edit,) = fake.calls("PATCH", rf"/channels/{CHANNEL_ID}/messages/{message_id}")
     assert edit.body["content"] == "The answer." and edit.body["components"] == []
-    # a custom_id past Discord's 100 characters would be refused (50035): the sink cuts it
-    await sink.post(Reply("x", (Control("stop", "Stop", value="j" * 150),)))
-    assert len(fake.calls("POST", rf"/channels/{CHANNEL_ID}/messages")[-1].body["components"][0]["components"][0]
-               ["custom_id"]) == 100
+    # an id no press could bring back (past Discord's 100 characters, or not a job id) would be refused (50035) or
+    # dead: such a control is left out
+    await sink.post(Reply("x", (Control("stop", "Stop", value="f" * 150), Control("stop", "Stop", "job1"), stop)))
+    buttons = fake.calls("POST", rf"/channels/{CHANNEL_ID}/messages")[-1].body["components"][0]["components"]
+    assert [b["custom_id"] for b in buttons] == ["engbot:stop:ab01"]

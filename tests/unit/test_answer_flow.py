@@ -17,8 +17,8 @@ from bots.sink import Control
 from bots.stream import StreamStyle
 from engine.api import JobHandle
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
-from engine.types import Done, Failed, FailureKind, Job, Turn
-from testkit.memory_sink import MemoryTarget
+from engine.types import Done, Event, Failed, FailureKind, Job, Turn
+from testkit.memory_sink import AcceptingTarget, MemoryTarget
 from testkit.scripted import ScriptedEngine, answer
 
 STYLE = StreamStyle(limit=200, edit_interval_s=0.01)
@@ -150,3 +150,37 @@ async def test_controls_show_while_the_answer_runs_and_change_when_it_ends() -> 
         await asyncio.sleep(0.001)
     assert stop.sink.controls["1"] == (Control("stop", "Stop", engine.jobs[0].id, "danger"),)
     await opened
+
+
+class Submitting(ScriptedEngine):
+    """Notes each submit in ``steps``."""
+
+    def __init__(self, steps: list[str], script: list[Event]) -> None:
+        super().__init__(script)
+        self.steps = steps
+
+    async def submit(self, job: Job) -> JobHandle:
+        self.steps.append("submit")
+        return await super().submit(job)
+
+
+async def test_a_target_that_must_acknowledge_is_accepted_before_anything_that_can_wait() -> None:
+    steps: list[str] = []
+
+    async def turns() -> tuple[Turn, ...]:
+        steps.append("read")
+        return (Turn("user", "What is the capital of France?"),)
+
+    answers = flow(Submitting(steps, answer(TEXT)), limit=1)
+    target = AcceptingTarget(steps=steps)
+    assert isinstance(await answers.answer(Question(user="U1", source="C1:1", turns=turns), target), Done)
+    assert steps == ["accept", "read", "submit", "open"]
+    steps.clear()  # over the rate limit: the notice goes at once, nothing is accepted
+    assert await answers.answer(Question(user="U1", source="C1:2", turns=turns), target) is None
+    assert steps == ["notice"] and target.notices == [Messages.RATE_LIMITED.format(seconds=60)]
+    refused = AcceptingTarget(steps=steps)  # a notice after the acknowledgement still comes
+    steps.clear()
+    assert await flow(Refusing(QueueFull(1))).answer(question("C1:3"), refused) is None
+    assert steps == ["accept", "notice"] and refused.notices == [Messages.BUSY] and refused.opened == 0
+    plain = MemoryTarget()  # a target without ``accept`` is not asked to
+    assert isinstance(await flow(ScriptedEngine(answer(TEXT))).answer(question("C1:4"), plain), Done)

@@ -11,6 +11,7 @@ from discord.state import ConnectionState
 import bots.discord.events as ev
 from bots.answer import Question
 from bots.messages import Messages, queued_text
+from bots.presses import Action, Press
 from engine.types import Turn
 from testkit import fake_discord as fd
 from testkit.fake_discord import ALICE, BOB, BOT, BOT_ID, CHANNEL_ID, DM_ID, GUILD_ID, OTHER_CHANNEL_ID, ROLE_ID
@@ -129,6 +130,7 @@ def test_turns_from_a_thread_keep_answers_and_drop_notices(state: ConnectionStat
         fd.message(THREAD_ID, "", ALICE, attachments=1),
         fd.message(THREAD_ID, "why?"),
         fd.message(THREAD_ID, "Because\n\n" + Messages.SHUTDOWN, BOT),
+        fd.message(THREAD_ID, "So\n\n" + Messages.STOPPED_BY.format(who=f"<@{fd.ALICE_ID}>"), BOT),
         fd.message(THREAD_ID, queued_text(2, 30.0), BOT),
         fd.message(THREAD_ID, "ignore me", fd.user(fd.snowflake(), "otherbot", bot=True)),
     ]
@@ -138,9 +140,22 @@ def test_turns_from_a_thread_keep_answers_and_drop_notices(state: ConnectionStat
         ("user", "what is @Bob's language?"),
         ("assistant", "Python.\n\nIt is readable."),
         ("user", "why?"),
-        ("assistant", "Because"),
+        ("assistant", "Because\n\nSo"),
         ("user", "and Rust?"),
     ]
+
+
+@pytest.mark.parametrize(("custom_id", "roles", "expected"), [
+    ("engbot:stop:0a1b", (), Press(Action.STOP, "0a1b", str(fd.BOB_ID))),
+    ("engbot:regenerate:0a1b", (ROLE_ID,), Press(Action.REGENERATE, "0a1b", str(fd.BOB_ID), admin=True)),
+    ("engbot:good:0a1b", (fd.snowflake(),), Press(Action.GOOD, "0a1b", str(fd.BOB_ID))),
+    ("engbot:zap:0a1b", (), None),  # an action of a newer release
+    ("engbot:stop:not-a-job", (), None),
+    ("other-bot:stop:0a1b", (ROLE_ID,), None),
+])
+def test_a_press_is_ours_and_an_admins_by_their_role(custom_id: str, roles: tuple[int, ...],
+                                                     expected: Press | None) -> None:
+    assert ev.press_of(custom_id, fd.BOB_ID, roles, frozenset({str(ROLE_ID)})) == expected
 
 
 def thread_of_three(state: ConnectionState[Any]) -> tuple[list[discord.Message], discord.abc.User]:
