@@ -38,13 +38,14 @@ from engine.redis.client import (
 )
 from engine.redis.codec import event_from_wire, job_to_json
 from engine.redis.keys import Keys
-from engine.redis.scripts import SUBMIT, WITHDRAW
+from engine.redis.scripts import POSITIONS, SUBMIT, WITHDRAW
 from engine.types import FINAL_EVENTS, Done, Failed, FailureKind, Job, Queued, Started, TextPiece
 
 log = logging.getLogger("engbot.redis")
 
 DEDUP_TTL_S = 600  # as the in-process engine
 IDLE_PING_S = 5.0  # with nothing in flight, the reader pings this often (for /readyz)
+POSITIONS_EVERY_S = 2.0  # while jobs wait, their places in line are looked up this often
 SUBMIT_ATTEMPTS = 3  # a submit whose reply is lost is retried (it is idempotent) this many times in all...
 SUBMIT_RETRY_S = 2.0  # ...starting no retry this long after the first attempt; then the job is withdrawn
 WITHDRAWN_REASON = "this job was withdrawn after a submit that got no answer; submit a new Job"
@@ -63,6 +64,7 @@ class _Tracked:
     started_at: float = 0.0
     first_token_at: float = 0.0
     pieces: list[str] = field(default_factory=list)  # of the current attempt
+    entry_id: str = ""  # in the jobs stream
 
 
 class RedisSubmitter:
@@ -83,6 +85,9 @@ class RedisSubmitter:
         self._redis = connect(settings.redis_url)
         self._submit = self._redis.register_script(SUBMIT)
         self._withdraw = self._redis.register_script(WITHDRAW)
+        self._positions = self._redis.register_script(POSITIONS)
+        self._positions_at = 0.0  # when waiting jobs' places in line are looked up next
+        self._tasks: set[asyncio.Task[None]] = set()
         self._jobs: dict[str, _Tracked] = {}
         self._wake_key = self.keys.wake(self.id)
         self._wake_id = "0-0"
@@ -183,6 +188,7 @@ class RedisSubmitter:
             raise QueueFull(self.settings.max_pending)
         self._idle.clear()
         self._changed.set()
+        tracked.entry_id = str(reply[1])
         if int(reply[2]) and not tracked.started_at:  # jobs not claimed yet ahead of this one: it certainly waits
             position = int(reply[2]) + 1
             feed.emit(Queued(position, self._eta(position)))
@@ -235,16 +241,41 @@ class RedisSubmitter:
         return int(self.settings.job_deadline_s + EVENTS_GRACE_S)
 
     def cancel(self, job_id: str) -> bool:
-        """End the job here at once (``Failed(CANCELLED)`` with the text so far) and set its cancel key: the host
-        running it stops it at its next write or claim refresh, which frees its slot; a job nobody claimed yet is
-        stopped by the host that claims it, at its first write."""
+        """End the job here at once (``Failed(CANCELLED)`` with the text so far) and set its cancel key now: the
+        host running it stops it at its next write (at most 100 ms apart while text flows) or claim refresh, which
+        frees its slot; a job nobody claimed yet is stopped by the host that claims it, at its first write."""
         tracked = self._jobs.get(job_id)
         if tracked is None:
             return False
         self._finish(tracked, Failed(FailureKind.CANCELLED, "cancelled", "".join(tracked.pieces)))
-        self._cancels.append(job_id)
-        self._changed.set()  # the reader sets the key now, not after its current block
+        task = asyncio.get_running_loop().create_task(self._set_cancel(job_id), name=f"engbot-cancel-{job_id[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return True
+
+    async def _set_cancel(self, job_id: str) -> None:
+        try:
+            await self._redis.set(self.keys.cancel(job_id), 1, ex=self._keys_ttl_s)
+        except RedisError:
+            raise_if_cancelled()
+            self._cancels.append(job_id)  # the reader sets it once Redis is back
+            self._changed.set()
+
+    async def _update_positions(self) -> None:
+        """Look up where the waiting jobs are in line, and tell those whose place changed."""
+        waiting = [t for t in self._jobs.values() if not t.started_at and t.entry_id]
+        if not waiting:
+            return
+        try:
+            positions = await self._positions(keys=[self.keys.jobs],
+                                              args=[self.keys.group, *(t.entry_id for t in waiting)])
+        except RedisError:
+            raise_if_cancelled()
+            return
+        for tracked, position in zip(waiting, positions, strict=True):
+            position = int(position)
+            if position and not tracked.started_at and position != tracked.feed.handle.position:
+                tracked.feed.emit(Queued(position, self._eta(position)))
 
     def _finish(self, tracked: _Tracked, event: Done | Failed) -> None:
         handle = tracked.feed.handle
@@ -276,6 +307,9 @@ class RedisSubmitter:
             self._expire_overdue()
             if self._cancels or self._unlinks or self._withdrawals:
                 await self._housekeeping()
+            if time.monotonic() >= self._positions_at:
+                self._positions_at = time.monotonic() + POSITIONS_EVERY_S
+                await self._update_positions()
             if not self._jobs:
                 self._changed.clear()
                 if not self._accepting:
@@ -410,6 +444,7 @@ class RedisSubmitter:
         self._changed.set()
         if self._reader is not None:
             await finish_tasks([self._reader], READ_BLOCK_MS / 1000 + 1)
+        await finish_tasks(list(self._tasks), 2.0)  # cancel keys on their way
         if self._cancels or self._unlinks or self._withdrawals:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._housekeeping(), 2.0)

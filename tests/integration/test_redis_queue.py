@@ -541,3 +541,27 @@ async def test_cancel_by_id_stops_the_job_on_its_host_and_frees_the_slot(
         assert not submitter.cancel(victim.job.id)
     finally:
         proc.stop()
+
+
+async def test_a_waiting_job_hears_its_place_in_line_as_it_moves(workers: list[WorkerProcess],
+                                                                submitters: SubmitterFactory) -> None:
+    submitter = await submitters()
+    long = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)
+    busy = [await submitter.submit(Job.ask(f"Write a very long essay about the sea, part {i}.", params=long))
+            for i in range(len(workers))]  # every host's one slot
+    for handle in busy:
+        async for event in handle:
+            if isinstance(event, TextPiece):
+                break
+    first = await submitter.submit(Job.ask("Write a very long essay about rivers.", params=long))
+    second = await submitter.submit(Job.ask(QUESTIONS[1]))
+    # (a job with only claimed ones ahead may be claimed at once: it hears its place at the next lookup)
+    await wait_until(lambda: (first.position, second.position) == (1, 2), timeout=15)
+    assert submitter.cancel(busy[0].job.id)  # a host's slot frees: the first waiting job starts there
+    await wait_until(lambda: first.position == 0 and second.position == 1, timeout=15)
+    for handle in (busy[1], first):
+        assert submitter.cancel(handle.job.id)
+    events = await collect(second)
+    queued = [e for e in events if isinstance(e, Queued)]
+    assert [e.position for e in queued] == [2, 1] and all(e.eta_s is None or e.eta_s > 0 for e in queued)
+    assert isinstance(events[-1], Done)
