@@ -543,25 +543,29 @@ async def test_cancel_by_id_stops_the_job_on_its_host_and_frees_the_slot(
         proc.stop()
 
 
-async def test_a_waiting_job_hears_its_place_in_line_as_it_moves(workers: list[WorkerProcess],
-                                                                submitters: SubmitterFactory) -> None:
-    submitter = await submitters()
-    long = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)
-    busy = [await submitter.submit(Job.ask(f"Write a very long essay about the sea, part {i}.", params=long))
-            for i in range(len(workers))]  # every host's one slot
-    for handle in busy:
-        async for event in handle:
+async def test_a_waiting_job_hears_its_place_in_line_as_it_moves(
+        redis_server: RedisServer, submitters: SubmitterFactory, tmp_path: Path) -> None:
+    env = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": "line:",
+           "NUM_WORKERS": "1", "NUM_THREADS": "1", "PARALLEL_SLOTS": "1"}  # one host, one slot
+    proc = WorkerProcess(env, tmp_path / "line.log")
+    try:
+        await asyncio.to_thread(proc.wait_ready)
+        submitter = await submitters(REDIS_KEY_PREFIX="line:")
+        long = GenParams(max_new_tokens=1500, temperature=0.8, seed=1, ignore_eos=True)  # until cancelled
+        busy = await submitter.submit(Job.ask("Write a very long essay about the sea.", params=long))
+        async for event in busy:
             if isinstance(event, TextPiece):
                 break
-    first = await submitter.submit(Job.ask("Write a very long essay about rivers.", params=long))
-    second = await submitter.submit(Job.ask(QUESTIONS[1]))
-    # (a job with only claimed ones ahead may be claimed at once: it hears its place at the next lookup)
-    await wait_until(lambda: (first.position, second.position) == (1, 2), timeout=15)
-    assert submitter.cancel(busy[0].job.id)  # a host's slot frees: the first waiting job starts there
-    await wait_until(lambda: first.position == 0 and second.position == 1, timeout=15)
-    for handle in (busy[1], first):
-        assert submitter.cancel(handle.job.id)
-    events = await collect(second)
+        first = await submitter.submit(Job.ask("Write a very long essay about rivers.", params=long))
+        second = await submitter.submit(Job.ask(QUESTIONS[1], params=GenParams(max_new_tokens=8)))
+        # (a job with only claimed ones ahead may be claimed at once: it hears its place at the next lookup)
+        await wait_until(lambda: (first.position, second.position) == (1, 2), timeout=15)
+        assert submitter.cancel(busy.job.id)  # the slot frees: the first waiting job starts there
+        await wait_until(lambda: first.position == 0 and second.position == 1, timeout=15)
+        assert submitter.cancel(first.job.id)
+        events = await collect(second)
+    finally:
+        proc.stop()
     queued = [e for e in events if isinstance(e, Queued)]
     assert [e.position for e in queued] == [2, 1] and all(e.eta_s is None or e.eta_s > 0 for e in queued)
     assert isinstance(events[-1], Done)
