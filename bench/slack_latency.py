@@ -84,7 +84,8 @@ async def run(rounds: int, workers: int) -> tuple[list[Sample], list[Sample], li
                                             "MAX_NEW_TOKENS": "48", "QUEUE_MAX_SIZE": "16"})
     async with Engine(settings) as engine, FakeSlack(echo_bot_messages=True) as slack:
         adapter = SlackAdapter(SlackSettings(bot_token=slack.bot_token, app_token=slack.app_token,
-                                             api_url=slack.api_url, rate_limit_per_user=0), engine)
+                                             api_url=slack.api_url, rate_limit_per_user=0, streaming="edits"),
+                               engine)  # (the placeholder and edits path)
         await adapter.start()
         try:
             await one_mention(slack, "Hello!")  # warm-up: bolt's first auth.test, the model's first prompt

@@ -89,12 +89,13 @@ class AnswerFlow:
                       user=f"{self.platform}:{question.user}")
         except Exception:
             self.log.exception("the conversation of a question from user %s could not be read", question.user)
-            await self._say_failed(target, None)
+            await self._say_failed(target, None, None)
             return None
         handle = await self._submit(job, target.notice)
         if handle is None:
             return None
         opened: Opened | None = None
+        chain: MessageChain | None = None
         record: Answer | None = None
         try:
             if self.controls is not None:
@@ -104,18 +105,22 @@ class AnswerFlow:
                                 attempt=question.attempt, handle=handle)
                 controls = AnswerButtons(record)
             opened = await target.open(Reply(_placeholder(handle), controls.live()))
+            chain = MessageChain.of(opened.message_id, opened.shown) if opened.message_id else MessageChain([], [])
             if record is not None:
-                record.sink, record.chain = opened.sink, MessageChain.of(opened.message_id, opened.shown)
+                record.sink, record.chain = opened.sink, chain
                 self.answers.add(record)
-            chain = record.chain if record is not None else MessageChain.of(opened.message_id, opened.shown)
-            final = await stream_reply(handle, opened.sink, chain, self.style, controls=controls,
-                                       failure=self._failure(record))
+            if opened.stream is not None:  # the platform's own streaming
+                final = await opened.stream.run(handle, chain, controls=controls, failure=self._failure(record),
+                                                stop=lambda: self._stopped_natively(job.id))
+            else:
+                final = await stream_reply(handle, opened.sink, chain, self.style, controls=controls,
+                                           failure=self._failure(record))
             if record is not None:
                 record.ended(final)
             return final
         except Exception:
             self.log.exception("answering job %s failed", job.id[:8])
-            await self._say_failed(target, opened)
+            await self._say_failed(target, opened, chain)
             return None
         finally:
             handle.cancel()  # no-op once answered; stops the generation when the answer could not be delivered
@@ -231,11 +236,17 @@ class AnswerFlow:
 
         return text
 
-    async def _say_failed(self, target: AnswerTarget, opened: Opened | None) -> None:
-        """The platform failed us midway: one last try to tell the user, in the placeholder if there is one."""
+    def _stopped_natively(self, job_id: str) -> None:
+        """The platform's own stop button (not ours) was pressed on an answer: the job stops."""
+        self.log.info("job %s stopped by its asker (the platform's stop button)", job_id[:8])
+        self.submitter.cancel(job_id)
+
+    async def _say_failed(self, target: AnswerTarget, opened: Opened | None, chain: MessageChain | None) -> None:
+        """The platform failed us midway: one last try to tell the user, in the answer's last message if there is
+        one."""
         try:
-            if opened is not None:
-                await opened.sink.edit(opened.message_id, Reply(Messages.FAILED))
+            if opened is not None and chain is not None and chain.ids:
+                await opened.sink.edit(chain.ids[-1], Reply(Messages.FAILED))
             else:
                 await target.notice(Messages.FAILED)
         except Exception as exc:

@@ -46,6 +46,10 @@ class Messages:
     RETRACTED = "_(Part of an answer that was started again: the answer is above.)_"
     NO_TEXT = "I can only read text: please type your question (files and images are not supported)."
     CURSOR = " ▌"
+    # Slack's assistant status under a thread ("engbot is thinking…"), while no text is shown yet
+    STATUS_THINKING = "is thinking…"
+    STATUS_WAITING = "is waiting for its turn…"
+    STATUS_QUEUED = "{place} in line{eta}"
 
 
 def ordinal(n: int) -> str:
@@ -56,10 +60,19 @@ def ordinal(n: int) -> str:
 
 def queued_text(position: int, eta_s: float | None = None) -> str:
     """What a waiting question's placeholder says: "2nd in line, about 15 s" (the estimate only once known)."""
-    eta = ""
-    if eta_s is not None:
-        eta = f", about {max(1, round(eta_s))} s" if eta_s < 90 else f", about {max(2, round(eta_s / 60))} min"
-    return Messages.QUEUED.format(place="next" if position == 1 else ordinal(position), eta=eta)
+    return Messages.QUEUED.format(place="next" if position == 1 else ordinal(position), eta=_eta(eta_s))
+
+
+def queued_status(position: int, eta_s: float | None = None) -> str:
+    """The queue position as plain text for a status line: "2nd in line, about 15 s"."""
+    return Messages.STATUS_QUEUED.format(place="next" if position == 1 else ordinal(position),
+                                         eta=_eta(eta_s)).capitalize()
+
+
+def _eta(eta_s: float | None) -> str:
+    if eta_s is None:
+        return ""
+    return f", about {max(1, round(eta_s))} s" if eta_s < 90 else f", about {max(2, round(eta_s / 60))} min"
 
 
 # The reply for each way a job can fail: one text per kind, every kind covered (tests/unit check it).

@@ -6,7 +6,10 @@ must acknowledge a question early (a Discord interaction: 3 s) is also ``Accepti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from bots.stream import AnswerStreamer
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +57,15 @@ class Sink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """The first message of an answer: where it is (``sink``, ``message_id``) and what it shows already."""
+    """The first message of an answer: where it is (``sink``, ``message_id``) and what it shows already.
+
+    ``stream``: the platform streams this answer its own way (``bots.stream.AnswerStreamer``) instead of by
+    edits of a placeholder; then there may be no message yet (``message_id`` empty)."""
 
     sink: Sink
     message_id: str
     shown: Reply
+    stream: AnswerStreamer | None = None
 
 
 class AnswerTarget(Protocol):
@@ -70,7 +77,8 @@ class AnswerTarget(Protocol):
         ...
 
     async def open(self, placeholder: Reply) -> Opened:
-        """Show the answer's first message: ``placeholder``, where the platform shows one at this point."""
+        """Show the answer's first message: ``placeholder``, where the platform shows one at this point; or offer
+        the platform's own streaming (``Opened.stream``), which shows its first message once there is text."""
         ...
 
 

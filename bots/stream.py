@@ -44,6 +44,18 @@ class _NoControls:
 NO_CONTROLS: AnswerControls = _NoControls()
 
 
+class AnswerStreamer(Protocol):
+    """A platform's own way of streaming an answer (Slack's ``chat.startStream``), used by the answer flow instead
+    of ``stream_reply`` when a target's ``open()`` offers one (``Opened.stream``). Same contract: read the job's
+    events to the end, show the answer, end it with exactly one final state (``controls.final(event)`` under it,
+    ``failure(event)`` as the note of a failed one), return the final event. It fills ``chain`` (empty when
+    given) with the messages the answer is shown in and what they show, so Regenerate and Continue can edit them.
+    ``stop()`` cancels the job (the platform's own stop button was pressed)."""
+
+    async def run(self, handle: JobHandle, chain: MessageChain, *, controls: AnswerControls,
+                  failure: Callable[[Failed], str], stop: Callable[[], None]) -> Done | Failed: ...
+
+
 @dataclass(eq=False)
 class MessageChain:
     """The messages one answer is shown in, oldest first, what each shows, and the model text (not rendered) of
@@ -61,7 +73,7 @@ class MessageChain:
 
 async def stream_reply(handle: JobHandle, sink: Sink, message_id: str | MessageChain, style: StreamStyle, *,
                        placeholder: Reply | None = None, controls: AnswerControls = NO_CONTROLS,
-                       failure: Callable[[Failed], str] = failure_text) -> Done | Failed:
+                       failure: Callable[[Failed], str] = failure_text, pending: Event | None = None) -> Done | Failed:
     """Stream a job's answer into ``message_id`` (a placeholder, or the chain of an answer to go on with),
     editing at most once per interval and continuing in new messages when the rendered text would pass
     ``style.limit``. Ends with exactly one final edit; returns the final event. Text is rendered only when it
@@ -70,10 +82,11 @@ async def stream_reply(handle: JobHandle, sink: Sink, message_id: str | MessageC
     ``placeholder`` is what the message shows already, so an event that would show the same (such as the queue
     position it was posted with) costs no edit. The newest message carries ``controls.live()`` while the answer
     runs and ``controls.final(event)`` once it ended; earlier messages of a long answer carry none. ``failure``
-    gives the note a failed answer ends with.
+    gives the note a failed answer ends with. ``pending``: an event of the job read already (by a platform's own
+    streaming that hands the rest of the answer over to edits), handled before the ones still to come.
     """
     chain = message_id if isinstance(message_id, MessageChain) else MessageChain.of(message_id, placeholder)
-    return await _Stream(handle, sink, chain, style, controls, failure).run()
+    return await _Stream(handle, sink, chain, style, controls, failure).run(pending)
 
 
 class _Stream:
@@ -86,9 +99,12 @@ class _Stream:
         self.held: Reply | None = None  # a queue position the interval held back
         self.text_held = False  # text arrived that the interval held back
 
-    async def run(self) -> Done | Failed:
+    async def run(self, pending: Event | None = None) -> Done | Failed:
         while True:
-            event = self.handle.next_nowait()  # everything that came while we edited first: one edit shows it all
+            if pending is not None:  # (an event a streamer had taken when it handed the answer over)
+                event, pending = pending, None
+            else:
+                event = self.handle.next_nowait()  # all that came while we edited first: one edit shows it all
             if event is None:
                 wait = self._flush_in()
                 if wait is not None and wait <= 0:
@@ -165,6 +181,9 @@ class _Stream:
         try:
             await self.sink.edit(self.chain.ids[-1], reply, final=force)
             self.chain.shown[-1] = reply
+            # the interval counts from the edit's end: one that waited its turn in a workspace budget is followed
+            # by the text that came meanwhile all at once, not by one edit per piece
+            self.last_edit = time.monotonic()
         except Exception:
             log.exception("editing a reply failed")
             if force:  # the final text must arrive: post it instead

@@ -144,3 +144,46 @@ def _inline(text: str) -> str:
     text = re.sub(r"(?<![*\w])\*(?!\s)([^*\n]+?)(?<!\s)\*(?![*\w])", _ITALIC + r"\1" + _ITALIC, text)
     text = re.sub(r"~~(.+?)~~", r"~\1~", text)
     return text.replace(_BOLD, "*").replace(_ITALIC, "_")
+
+
+# ---- Markdown for Slack's own streaming (chat.appendStream takes standard Markdown) ----
+
+# Slack's mention syntax: a model that writes it would ping a channel or a person
+_MENTION = re.compile(r"<(?=(?:!(?:channel|here|everyone|subteam\^)|@[UWB][A-Z0-9]))")
+_ZWSP = "\u200b"
+
+
+def defuse_markdown(text: str) -> str:
+    """``text`` with Slack's mention markup (``<!channel>``, ``<!here>``, ``<@U0123>``...) broken by an invisible
+    space, so that an answer streamed as Markdown never pings anyone; everything else stays as the model wrote
+    it."""
+    return _MENTION.sub("<" + _ZWSP, text)
+
+
+def held_back(text: str) -> int:
+    """How many characters at the end of ``text`` to keep from a stream for now: an unfinished ``<...`` that
+    may still become mention markup once the next piece arrives."""
+    start = text.rfind("<")
+    return len(text) - start if start >= 0 and len(text) - start < 16 and ">" not in text[start:] else 0
+
+
+def stream_cut(text: str, sent: int, limit: int) -> tuple[str, str]:
+    """Where a streamed message that grew past ``limit`` characters ends, when its first ``sent`` characters are
+    shown already (and cannot be taken back): the text it still gets, and the text the next message starts with.
+    Cuts at a paragraph break, else a line break, else a space, after ``sent``; a code block open at the cut is
+    closed there and reopened (with its language tag) in the next message."""
+    end = max(sent, limit - 4)  # room for a closing fence
+    window = text[sent:end]
+    cut = end
+    for separator in ("\n\n", "\n", " "):
+        at = window.rfind(separator)
+        if at > 0:
+            cut = sent + at + len(separator)
+            break
+    head, rest = text[sent:cut], text[cut:]
+    fences = _fences(text[:cut])
+    if len(fences) % 2 == 1:  # inside a code block
+        opening = text[fences[-1]:cut].split("\n", 1)[0].strip()
+        head = head.rstrip("\n") + "\n" + FENCE
+        rest = opening + "\n" + rest
+    return head, rest

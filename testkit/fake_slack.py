@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from bots.messages import Messages
+from testkit.fake_slack_ai import FakeAiSurface
 
 _CLOCK = itertools.count(1)  # one clock for every fake: message ts stay unique across tests (and engine dedup)
 
@@ -82,6 +83,7 @@ class FakeSlack:
         self._runner: web.AppRunner | None = None
         self._echoes: set[asyncio.Task[str]] = set()
         self.port = 0
+        self.ai = FakeAiSurface(self)  # chat.*Stream, assistant.threads.*, and the AI surface's events
 
     # ---- lifecycle ----
 
@@ -273,13 +275,14 @@ class FakeSlack:
     async def wait_final(self, thread_ts: str, channel: str = "C0001", *, after: str = "",
                          timeout: float = 60.0) -> str:
         """Wait until the bot's last message in the thread (posted after the message ``after``) holds neither a
-        status nor the streaming cursor; return its text."""
+        status nor the streaming cursor, and is not a stream still going; return its text."""
 
         def newest() -> dict[str, Any] | None:
             bot = [m for m in self.bot_messages(thread_ts, channel) if m["ts"] > after]
             return bot[-1] if bot else None
 
-        await self.wait_for(lambda: (m := newest()) is not None and not _is_interim(m["text"]), timeout)
+        await self.wait_for(lambda: (m := newest()) is not None and not _is_interim(m["text"])
+                            and not self.ai.streaming(m["ts"]), timeout)
         return str(newest()["text"])  # type: ignore[index]
 
     # ---- the Web API ----
@@ -311,7 +314,8 @@ class FakeSlack:
         failure = failures.popleft() if failures else None
         if failure is not None and not failure.acted:
             return self._failure(request, failure)
-        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        name = "_" + method.replace(".", "_")
+        handler = getattr(self, name, None) or getattr(self.ai, name, None)
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != expected:
             return web.json_response({"ok": False, "error": "invalid_auth" if token else "not_authed"})
@@ -359,9 +363,33 @@ class FakeSlack:
         if isinstance(metadata, dict):
             message["metadata"] = metadata
         self.messages[channel].append(message)
+        self.ai.replied(channel, message.get("thread_ts"))
+        self.echo_message(message, channel)
+        return {"ok": True, "channel": channel, "ts": message["ts"], "message": message}
+
+    def echo_message(self, message: dict[str, Any], channel: str) -> None:
+        """Send the bot's new message back as an event, as Slack does."""
         if self.echo_bot_messages and self._socket_ready.is_set():
             self._echo(self.event_for(message, channel))
-        return {"ok": True, "channel": channel, "ts": message["ts"], "message": message}
+
+    def echo_change(self, message: dict[str, Any], previous: dict[str, Any], channel: str) -> None:
+        """Send a change of the bot's message back as a ``message_changed`` event, as Slack does."""
+        self.changed()
+        if self.echo_bot_messages and self._socket_ready.is_set():
+            self._echo({"type": "message", "subtype": "message_changed", "hidden": True, "channel": channel,
+                        "ts": self.next_ts(), "message": dict(message), "previous_message": previous})
+
+    def changed(self) -> None:
+        """Wake ``wait_for``: something a test may wait for happened."""
+        self._changed.set()
+
+    @staticmethod
+    def blocks_of(args: dict[str, Any]) -> list[dict[str, Any]]:
+        return _blocks(args)
+
+    @staticmethod
+    def invalid_blocks(blocks: list[dict[str, Any]]) -> str | None:
+        return _invalid_blocks(blocks)
 
     async def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, ts, text = str(args.get("channel")), str(args.get("ts")), str(args.get("text", ""))
@@ -369,6 +397,8 @@ class FakeSlack:
             return {"ok": False, "error": "msg_too_long"}
         if (invalid := _invalid_blocks(_blocks(args))) is not None:
             return {"ok": False, "error": "invalid_blocks", "errors": [invalid]}
+        if (refused := self.ai.refuses_update(ts)) is not None:
+            return {"ok": False, "error": refused}
         for message in self.messages[channel]:
             if message["ts"] == ts:
                 previous = dict(message)
@@ -377,10 +407,8 @@ class FakeSlack:
                     message["blocks"] = _blocks(args)
                     if not message["blocks"]:
                         del message["blocks"]
-                if self.echo_bot_messages and self._socket_ready.is_set():
-                    changed = {"type": "message", "subtype": "message_changed", "hidden": True, "channel": channel,
-                               "ts": self.next_ts(), "message": dict(message), "previous_message": previous}
-                    self._echo(changed)
+                self.ai.updated(ts)
+                self.echo_change(message, previous, channel)
                 return {"ok": True, "channel": channel, "ts": ts, "text": text}
         return {"ok": False, "error": "message_not_found"}
 
@@ -416,9 +444,15 @@ class FakeSlack:
                 "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
     def _echo(self, event: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self.push(event))
+        task = asyncio.get_running_loop().create_task(self._push_echo(event))
         self._echoes.add(task)
         task.add_done_callback(self._echoes.discard)
+
+    async def _push_echo(self, event: dict[str, Any]) -> str:
+        try:
+            return await self.push(event)
+        except (ConnectionError, TimeoutError):  # the socket closed (the test is ending): Slack would drop it too
+            return ""
 
     # ---- Socket Mode ----
 

@@ -28,8 +28,9 @@ from bots.answer import AnswerFlow, Question
 from bots.decisions import Ask, Ignore, Notice
 from bots.limits import RateLimiter, Recent
 from bots.presses import Press
+from bots.slack.assistant import assistant_event, prompt_args, title_for
 from bots.slack.budget import EditBudget
-from bots.slack.client import SlackConnectError, SocketModeHandler, read_thread, web_client
+from bots.slack.client import SlackConnectError, SocketModeHandler, describe_error, read_thread, web_client
 from bots.slack.events import (
     BotIdentity,
     CheckThread,
@@ -42,8 +43,10 @@ from bots.slack.events import (
     parse_message,
     parse_press,
     source,
+    team_of,
     thread_turns,
 )
+from bots.slack.native import NativeStreaming
 from bots.slack.settings import SlackSettings
 from bots.slack.sink import THREADS_TTL_S, SlackTarget, SlackThread
 from bots.stream import StreamStyle
@@ -78,6 +81,9 @@ class SlackAdapter:
                                mention=lambda user: f"<@{user}>")
         # chat.update is rate tier 3 for the whole workspace: every answer's edits share one budget
         self.update_budget = EditBudget(*settings.update_budget)
+        self.native = NativeStreaming(settings, style)  # Slack's own streaming (SLACK_STREAMING), and its budgets
+        # assistant threads (assistant_thread_started) whose first question has not given them a title yet
+        self._untitled: Recent[tuple[str, str], bool] = Recent(THREADS_TTL_S, 20_000)
         self._with_controls: Recent[tuple[str, str], bool] = Recent(THREADS_TTL_S, 20_000)
         self._seen: Recent[tuple[str, str], bool] = Recent(SEEN_TTL_S, 20_000)
         self._threads: Recent[tuple[str, str], bool] = Recent(THREADS_TTL_S, 20_000)  # thread -> bot posted in it
@@ -174,8 +180,16 @@ class SlackAdapter:
             await ack()  # within Slack's 3 s, before anything that can wait; the press runs on its own task
             self._spawn(self._on_press(body))
 
+        async def on_assistant_event(body: dict[str, Any]) -> None:
+            self._spawn(self._on_assistant_event(body))
+
         app.event("app_mention")(on_event)
         app.event("message")(on_event)
+        # the AI surface: plain listeners rather than bolt's AsyncAssistant, which would take the messages of
+        # assistant threads away from the one answer path above (or, left without a user_message listener,
+        # only add its thread-context store: chat.update calls on our first reply that we have no use for)
+        for name in ("assistant_thread_started", "assistant_thread_context_changed", "app_home_opened"):
+            app.event(name)(on_assistant_event)
         app.action(re.compile(r"^engbot:"))(on_action)
         app.error(on_error)
         return app
@@ -269,7 +283,9 @@ class SlackAdapter:
         thread = SlackThread(self.client, message.channel, message.reply_thread_ts, self.me, after=message.ts,
                              posted=self._posted, update_budget=self.update_budget, with_controls=self._with_controls)
         thread_key = (message.channel, message.reply_thread_ts)
-        target = SlackTarget(thread, lambda: self._threads.put(thread_key, True), received)
+        team = team_of(body)
+        target = SlackTarget(thread, lambda: self._threads.put(thread_key, True), received,
+                             native=lambda: self.native.answer(thread, user=message.user, team=team, dm=message.is_dm))
         try:
             history: list[Any] | None = None
             decision = decide(message, self.me, self.settings.policy)
@@ -290,6 +306,9 @@ class SlackAdapter:
                 return
             assert isinstance(decision, Ask)
             me, prompt, known = self.me, decision.prompt, history
+            if message.is_dm and (not message.in_thread or self._untitled.get(thread_key)):
+                self._untitled.put(thread_key, False)  # a new conversation: its first question names it
+                self._spawn(self._set_title(message.channel, message.reply_thread_ts, prompt))
 
             async def turns() -> tuple[Turn, ...]:
                 read = known if known is not None or not message.in_thread else await self._history(message)
@@ -298,6 +317,37 @@ class SlackAdapter:
             await self.flow.answer(Question(user=message.user, source=source(message), turns=turns), target)
         except Exception:
             log.exception("Slack: answering %s %s failed", message.channel, message.ts)
+
+    # ---- the AI surface: suggested prompts, titles ----
+
+    async def _on_assistant_event(self, body: Any) -> None:
+        """A new assistant thread, or the agent view's Messages tab opened: offer the suggested prompts."""
+        assert self.client is not None
+        try:
+            offer = assistant_event(event_of(body))
+        except MalformedEvent as exc:
+            log.warning("Slack: skipped a malformed assistant event: %s", exc)
+            return
+        if offer is None:
+            return
+        if offer.thread_ts is not None:
+            self._untitled.put((offer.channel, offer.thread_ts), True)
+        if not self.settings.suggested_prompts:
+            return
+        try:
+            await self.client.assistant_threads_setSuggestedPrompts(
+                channel_id=offer.channel, thread_ts=offer.thread_ts,
+                prompts=prompt_args(self.settings.suggested_prompts))
+        except Exception as exc:
+            log.info("Slack: could not set the suggested prompts in %s (%s)", offer.channel, describe_error(exc))
+
+    async def _set_title(self, channel: str, thread_ts: str, question: str) -> None:
+        assert self.client is not None
+        try:
+            await self.client.assistant_threads_setTitle(channel_id=channel, thread_ts=thread_ts,
+                                                         title=title_for(question))
+        except Exception as exc:
+            log.debug("Slack: could not set the title of thread %s %s (%s)", channel, thread_ts, describe_error(exc))
 
     def _slowed_down(self, method: str, seconds: float) -> None:
         """Slack answered 429: for chat.update, the whole workspace's edits wait (the budget was too generous)."""

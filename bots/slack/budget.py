@@ -16,6 +16,15 @@ from collections import deque
 from collections.abc import Callable
 
 
+class Turn:
+    """One call let through: when it counts from."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
 class EditBudget:
     """At most ``calls`` calls in any ``period_s`` seconds. Not thread-safe: one event loop."""
 
@@ -23,10 +32,11 @@ class EditBudget:
         if calls < 1 or period_s <= 0:
             raise ValueError("a budget needs at least one call per period")
         self.calls, self.period_s, self._clock = calls, period_s, clock
-        self._recent: deque[float] = deque()  # when the calls of the last period_s were let through
+        # when the calls of the last period_s were let through (or, once they ``finished``, answered), oldest first
+        self._recent: deque[Turn] = deque()
         self._paused_until = 0.0
-        self._final: deque[asyncio.Future[None]] = deque()
-        self._other: deque[asyncio.Future[None]] = deque()
+        self._final: deque[asyncio.Future[Turn]] = deque()
+        self._other: deque[asyncio.Future[Turn]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self.granted = 0  # calls let through (for tests and logs)
         self.waited = 0  # of those, how many had to wait
@@ -39,25 +49,44 @@ class EditBudget:
     def waiting(self) -> int:
         return len(self._final) + len(self._other)
 
-    async def acquire(self, *, final: bool = False) -> None:
-        """Wait for the turn of one call. ``final``: an answer's last edit, which goes before every interim one."""
-        if not self._final and not self._other and self._take():
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def acquire(self, *, final: bool = False) -> Turn:
+        """Wait for the turn of one call. ``final``: an answer's last edit, which goes before every interim one.
+        Hand the turn to ``finished`` once the call was answered."""
+        if not self._final and not self._other and (turn := self._take()) is not None:
+            return turn
+        future: asyncio.Future[Turn] = asyncio.get_running_loop().create_future()
         (self._final if final else self._other).append(future)
         self.waited += 1
         self._schedule()
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
             if not future.done() or future.cancelled():
                 self._forget(future)
             else:  # its turn came as it was cancelled: give the call back
-                if self._recent:
-                    self._recent.pop()
+                self._drop(future.result())
                 self.granted -= 1
                 self._grant()
             raise
+
+    def try_acquire(self) -> Turn | None:
+        """A call now, if the budget has one and nobody is waiting for a turn; never waits. (For calls that can
+        as well be made later with more in them, such as appending a stream's text.)"""
+        return self._take() if not self._final and not self._other else None
+
+    def finished(self, turn: Turn) -> None:
+        """The call of ``turn`` was answered: it counts from now. (Slack counts a call when it arrives, which may
+        be later than when it was let through; counted from its answer, the window never opens early.)"""
+        if self._drop(turn):
+            turn.at = self._clock()
+            self._recent.append(turn)  # (the newest: every other one counts from earlier)
+
+    def _drop(self, turn: Turn) -> bool:
+        for i, recent in enumerate(self._recent):
+            if recent is turn:
+                del self._recent[i]
+                return True
+        return False
 
     def pause(self, seconds: float) -> None:
         """Slack said "slow down" (429, Retry-After): no call for ``seconds``."""
@@ -67,17 +96,18 @@ class EditBudget:
             self._timer = None
         self._schedule()
 
-    def _take(self) -> bool:
+    def _take(self) -> Turn | None:
         now = self._clock()
-        while self._recent and now - self._recent[0] >= self.period_s:
+        while self._recent and now - self._recent[0].at >= self.period_s:
             self._recent.popleft()
         if now < self._paused_until or len(self._recent) >= self.calls:
-            return False
-        self._recent.append(now)
+            return None
+        turn = Turn(now)
+        self._recent.append(turn)
         self.granted += 1
-        return True
+        return turn
 
-    def _forget(self, future: asyncio.Future[None]) -> None:
+    def _forget(self, future: asyncio.Future[Turn]) -> None:
         for queue in (self._final, self._other):
             if future in queue:
                 queue.remove(future)
@@ -89,15 +119,15 @@ class EditBudget:
             if queue[0].done():  # (cancelled while waiting)
                 queue.popleft()
                 continue
-            if not self._take():
+            if (turn := self._take()) is None:
                 break
-            queue.popleft().set_result(None)
+            queue.popleft().set_result(turn)
         self._schedule()
 
     def _schedule(self) -> None:
         if self._timer is not None or not (self._final or self._other):
             return
         now = self._clock()
-        free_at = self._recent[0] + self.period_s if len(self._recent) >= self.calls else now
+        free_at = self._recent[0].at + self.period_s if len(self._recent) >= self.calls else now
         delay = max(self._paused_until - now, free_at - now, 0.0)
         self._timer = asyncio.get_running_loop().call_later(delay, self._grant)

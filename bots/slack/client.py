@@ -35,7 +35,14 @@ HISTORY_PAGES = 5  # conversations.replies pages of 200: the model's context hol
 # chat.postMessage: a retry after a 5xx or a lost connection can post the message twice.
 IDEMPOTENT_METHODS = frozenset({
     "auth.test", "apps.connections.open", "chat.update", "chat.delete", "conversations.replies",
-    "conversations.history", "conversations.info", "users.info",
+    "conversations.history", "conversations.info", "users.info", "assistant.threads.setStatus",
+    "assistant.threads.setTitle", "assistant.threads.setSuggestedPrompts",
+})
+# Methods whose 429 is not waited out here: the caller has something better to do than wait for Retry-After (a
+# stream that cannot start or stop falls back to edits, an append goes out later with more text in it, a status
+# is not worth delaying an answer for).
+NOT_WAITED_FOR = frozenset({
+    "chat.startStream", "chat.appendStream", "chat.stopStream", "assistant.threads.setStatus",
 })
 
 
@@ -98,6 +105,11 @@ class RateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     def __init__(self, on_rate_limited: Callable[[str, float], None], max_retry_count: int = 2) -> None:
         super().__init__(max_retry_count=max_retry_count)
         self.on_rate_limited = on_rate_limited
+
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
+                               response: HttpResponse | None = None, error: Exception | None = None) -> bool:
+        return api_method(request) not in NOT_WAITED_FOR and await super()._can_retry_async(
+            state=state, request=request, response=response, error=error)
 
     async def prepare_for_next_attempt_async(self, *, state: RetryState, request: HttpRequest,
                                              response: HttpResponse | None = None,
@@ -163,6 +175,25 @@ class SocketModeHandler(AsyncSocketModeHandler):
                         req.envelope_id, type(exc).__name__, exc)
             with contextlib.suppress(Exception):
                 await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+
+
+def api_error(error: BaseException) -> str | None:
+    """Slack's error code of a failed call (``ratelimited``, ``message_not_in_streaming_state``...), or None."""
+    if not isinstance(error, SlackApiError) or not isinstance(error.response.data, dict):
+        return None
+    code = error.response.data.get("error")
+    return code if isinstance(code, str) else None
+
+
+def retry_after(error: BaseException) -> float | None:
+    """The Retry-After (seconds) of a call Slack answered 429; None for any other failure."""
+    if not isinstance(error, SlackApiError) or error.response.status_code != 429:
+        return None
+    for name, value in error.response.headers.items():
+        if name.lower() == "retry-after":
+            with contextlib.suppress(ValueError, TypeError):
+                return max(0.0, float(value[0] if isinstance(value, list) else value))
+    return 1.0
 
 
 def describe_error(error: BaseException) -> str:

@@ -19,7 +19,7 @@ from bots.conversation import Said, conversation
 from bots.decisions import Ask, Ignore, Notice
 from bots.messages import Messages
 from bots.presses import Action, parse
-from bots.sink import Reply
+from bots.sink import Control, Reply
 from engine.types import Turn
 
 PLATFORM = "slack"
@@ -79,6 +79,24 @@ class Ignored:
     """Not a message from a person (our own, another bot's, an edit...)."""
 
     reason: str
+
+
+def team_of(body: Any) -> str | None:
+    """The team of the person who wrote an event's message (what ``chat.startStream`` calls the recipient's
+    team): the message's ``user_team`` or ``team``, else the team the app is installed in (``authorizations``,
+    ``team_id``), else the organization of an org-wide install."""
+    if not isinstance(body, Mapping):
+        return None
+    event = body.get("event")
+    authorizations = body.get("authorizations")
+    first = authorizations[0] if isinstance(authorizations, list) and authorizations else None
+    places: list[Any] = [event.get("user_team"), event.get("team")] if isinstance(event, Mapping) else []
+    if isinstance(first, Mapping):
+        places.append(first.get("team_id"))
+    places += [body.get("team_id"), body.get("enterprise_id")]
+    if isinstance(first, Mapping):
+        places.append(first.get("enterprise_id"))
+    return next((p for p in places if isinstance(p, str) and p), None)
 
 
 def event_of(body: Any) -> Mapping[str, Any]:
@@ -307,6 +325,8 @@ def thread_turns(history: Sequence[Any], message: SlackMessage, question: str, m
         ts, text, user = item.get("ts"), item.get("text"), item.get("user")
         if not isinstance(ts, str) or not isinstance(text, str) or _ts_key(ts) >= now:
             continue
+        if item.get("subtype") == "assistant_app_thread":  # the parent Slack posts for an assistant thread
+            continue
         if item.get("subtype") not in (None, *USER_SUBTYPES) and not is_from_bot(item, me):
             continue
         if is_from_bot(item, me):
@@ -365,11 +385,17 @@ FEEDBACK_VALUES = {Action.GOOD: "good", Action.BAD: "bad"}
 
 def blocks(reply: Reply) -> list[dict[str, Any]]:
     """A reply with controls as Block Kit: its text in a section (``text`` stays as the notification fallback),
-    then an ``actions`` block with one button per control, and the thumbs up and down as Slack's own
-    ``feedback_buttons`` in a ``context_actions`` block (one element: ``engbot:feedback:<job>``, value good or
-    bad)."""
+    then its controls (``control_blocks``)."""
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": reply.text[:SECTION_LIMIT] or " "}},
+            *control_blocks(reply.controls)]
+
+
+def control_blocks(controls: Sequence[Control]) -> list[dict[str, Any]]:
+    """Controls as Block Kit: an ``actions`` block with one button per control, and the thumbs up and down as
+    Slack's own ``feedback_buttons`` in a ``context_actions`` block (one element: ``engbot:feedback:<job>``,
+    value good or bad). (Under a streamed answer, ``chat.stopStream`` shows them below its text.)"""
     buttons, feedback = [], {}
-    for control in reply.controls:
+    for control in controls:
         if control.action in FEEDBACK_VALUES:
             feedback[control.action] = control
             continue
@@ -380,8 +406,7 @@ def blocks(reply: Reply) -> list[dict[str, Any]]:
         if control.style != "default":
             button["style"] = control.style
         buttons.append(button)
-    out: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": reply.text[:SECTION_LIMIT] or " "}}]
+    out: list[dict[str, Any]] = []
     if buttons:
         out.append({"type": "actions", "elements": buttons})
     if len(feedback) == 2:

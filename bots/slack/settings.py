@@ -7,12 +7,16 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 from bots.limits import rate_limit_from_environ
+from bots.slack.assistant import DEFAULT_PROMPTS, SuggestedPrompt, parse_prompts
 from bots.slack.events import AccessPolicy
 from engine.config import Env, mask
 from engine.errors import ConfigError
 
 DEFAULT_API_URL = "https://slack.com/api/"
 UPDATE_BUDGET = (5, 6.0)  # chat.update is rate tier 3: 50 a minute per workspace, here in bursts of at most 5
+START_BUDGET = (18, 60.0)  # chat.startStream (and stopStream) are tier 2: 20 a minute; a little to spare
+APPEND_BUDGET = (9, 6.0)  # chat.appendStream is tier 4: 100 a minute per workspace, every answer's appends
+Streaming = Literal["auto", "native", "edits"]
 
 
 @dataclass(frozen=True)
@@ -32,10 +36,16 @@ class SlackSettings:
     admin_users: frozenset[str] = frozenset()  # may stop, regenerate and continue anyone's answers
     rate_limit_per_user: int = 5
     rate_limit_period_s: float = 60.0
+    streaming: Streaming = "auto"  # native: chat.startStream/appendStream/stopStream; edits: chat.update
+    suggested_prompts: tuple[SuggestedPrompt, ...] = DEFAULT_PROMPTS
     # not settings: tuning the tests change
     message_limit: int = 3000  # characters per Slack message as sent (mrkdwn); chat.update refuses ~3,500+
     edit_interval_s: float = 1.0  # an answer edits its message about once a second...
     update_budget: tuple[int, float] = UPDATE_BUDGET  # ...and every answer's edits share this (calls, per seconds)
+    stream_interval_s: float = 0.5  # a natively streamed answer appends at most twice a second...
+    append_budget: tuple[int, float] = APPEND_BUDGET  # ...within the workspace's appendStream budget
+    start_budget: tuple[int, float] = START_BUDGET  # streams started (each one stopped too): beyond, edits
+    stream_limit: int = 12_000  # characters of Markdown per streamed message; the rest continues in another
 
     def __repr__(self) -> str:
         shown = []
@@ -72,6 +82,11 @@ class SlackSettings:
         if not api_url.startswith(("https://", "http://")):
             raise ConfigError("SLACK_API_URL", api_url, "expected an http(s) URL such as https://slack.com/api/")
         limiter = rate_limit_from_environ(environ)
+        streaming = env.choice("SLACK_STREAMING", "auto", ("auto", "native", "edits"))
+        try:
+            prompts = parse_prompts(env.raw("SLACK_SUGGESTED_PROMPTS"))
+        except ValueError as exc:
+            raise ConfigError("SLACK_SUGGESTED_PROMPTS", env.raw("SLACK_SUGGESTED_PROMPTS") or "", str(exc)) from None
         return cls(
             bot_token=bot_token,
             app_token=app_token or None,
@@ -86,6 +101,8 @@ class SlackSettings:
             admin_users=_ids(env, "SLACK_ADMIN_USERS", "UW", "user IDs such as U0123ABCD"),
             rate_limit_per_user=limiter.limit,
             rate_limit_period_s=limiter.period_s,
+            streaming="native" if streaming == "native" else "edits" if streaming == "edits" else "auto",
+            suggested_prompts=prompts,
         )
 
 

@@ -16,6 +16,7 @@ from bots.slack.budget import EditBudget
 from bots.slack.client import describe_error, outcome_unknown, read_thread
 from bots.slack.events import BotIdentity, find_post, post_args, update_args
 from bots.slack.settings import UPDATE_BUDGET
+from bots.stream import AnswerStreamer
 
 log = logging.getLogger("engbot.slack")
 
@@ -81,8 +82,11 @@ class SlackThread:
         """``chat.update``, within the workspace's budget for it (the caller waits its turn; a final edit first)."""
         key = (self.channel, message_id)
         had_controls = self.with_controls.get(key) is not None
-        await self.update_budget.acquire(final=final)
-        await self.client.chat_update(**update_args(self.channel, message_id, reply, clear_blocks=had_controls))
+        turn = await self.update_budget.acquire(final=final)
+        try:
+            await self.client.chat_update(**update_args(self.channel, message_id, reply, clear_blocks=had_controls))
+        finally:
+            self.update_budget.finished(turn)
         if reply.controls:
             self.with_controls.put(key, True)
 
@@ -92,16 +96,22 @@ class SlackThread:
 
 class SlackTarget:
     """One question's answer: notices and the placeholder go into ``thread``; ``on_reply`` hears of every message
-    posted (the adapter remembers the thread as one the bot answers in)."""
+    posted (the adapter remembers the thread as one the bot answers in). ``native`` offers Slack's own streaming
+    for the answer (``native.py``), or None: then a placeholder is posted and edited."""
 
-    def __init__(self, thread: SlackThread, on_reply: Callable[[], None], received: float) -> None:
-        self.thread, self.on_reply, self.received = thread, on_reply, received
+    def __init__(self, thread: SlackThread, on_reply: Callable[[], None], received: float, *,
+                 native: Callable[[], AnswerStreamer | None] = lambda: None) -> None:
+        self.thread, self.on_reply, self.received, self.native = thread, on_reply, received, native
 
     async def notice(self, text: str) -> None:
         await self.thread.post(Reply(text))
         self.on_reply()
 
     async def open(self, placeholder: Reply) -> Opened:
+        stream = self.native()
+        if stream is not None:  # no placeholder: the thread's status says "thinking" until the stream starts
+            self.on_reply()
+            return Opened(self.thread, "", placeholder, stream=stream)
         ts = await self.thread.post(placeholder)
         self.on_reply()
         log.debug("Slack: placeholder %.0f ms after the event", (time.monotonic() - self.received) * 1000)

@@ -79,7 +79,8 @@ async def start_adapter(slack: FakeSlack) -> AsyncIterator[StartAdapter]:
 
     async def start(submitter: Any, **settings: Any) -> SlackAdapter:
         values: dict[str, Any] = {"bot_token": slack.bot_token, "app_token": slack.app_token,
-                                  "api_url": slack.api_url, "edit_interval_s": EDIT_INTERVAL_S, **settings}
+                                  "api_url": slack.api_url, "edit_interval_s": EDIT_INTERVAL_S,
+                                  "streaming": "edits", **settings}  # (Slack's own streaming: test_slack_assistant)
         adapter = SlackAdapter(SlackSettings(**values), submitter)
         adapters.append(adapter)
         await adapter.start()
@@ -560,9 +561,9 @@ async def test_answers_streaming_at_once_share_the_workspace_chat_update_budget(
     limit = (5, 1.0)
     async with FakeSlack(rate_limits={"chat.update": limit}) as slack:
         engine = ScriptedEngine(answer("Rain falls on the roof, and the roof sings. " * 12), delay_s=0.005)
-        # (the budget keeps a margin over the tier: a call reaches Slack a few milliseconds after it was let go)
         settings = SlackSettings(bot_token=slack.bot_token, app_token=slack.app_token, api_url=slack.api_url,
-                                 edit_interval_s=0.1, update_budget=(5, 1.25) if budget else (10_000, 1.0))
+                                 edit_interval_s=0.1, update_budget=limit if budget else (10_000, 1.0),
+                                 streaming="edits")
         adapter = SlackAdapter(settings, engine)
         await adapter.start()
         try:
@@ -574,7 +575,7 @@ async def test_answers_streaming_at_once_share_the_workspace_chat_update_budget(
                 finals = [await slack.wait_final(message["ts"], timeout=90) for message in questions]
                 await settle(slack, adapter)
             else:
-                await slack.wait_for(lambda: slack.limited, timeout=30)
+                await slack.wait_for(lambda: slack.limited and len(engine.jobs) == 16, timeout=30)
         finally:
             await adapter.close(timeout_s=5)
     assert len(engine.jobs) == 16

@@ -61,6 +61,7 @@ async def slack() -> AsyncIterator[FakeSlack]:
 
 
 async def connect(slack: FakeSlack, submitter: Any, **settings: Any) -> SlackAdapter:
+    settings.setdefault("streaming", "edits")  # the buttons of answers streamed by edits (Slack's own: elsewhere)
     adapter = SlackAdapter(SlackSettings(bot_token=slack.bot_token, app_token=slack.app_token, api_url=slack.api_url,
                                          edit_interval_s=0.25, rate_limit_per_user=0, **settings), submitter)
     await adapter.start()

@@ -6,6 +6,7 @@ Every accepted question ends in exactly one outcome: a notice, or an answer that
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -13,11 +14,11 @@ import pytest
 from bots.answer import AnswerFlow, Question
 from bots.limits import RateLimiter
 from bots.messages import Messages
-from bots.sink import Control
-from bots.stream import StreamStyle
+from bots.sink import Control, Opened, Reply
+from bots.stream import AnswerControls, MessageChain, StreamStyle
 from engine.api import JobHandle
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
-from engine.types import Done, Event, Failed, FailureKind, Job, Turn
+from engine.types import Done, Event, Failed, FailureKind, Job, TextPiece, Turn
 from testkit.memory_sink import AcceptingTarget, MemoryTarget
 from testkit.scripted import ScriptedEngine, answer
 
@@ -184,3 +185,54 @@ async def test_a_target_that_must_acknowledge_is_accepted_before_anything_that_c
     assert steps == ["accept", "notice"] and refused.notices == [Messages.BUSY] and refused.opened == 0
     plain = MemoryTarget()  # a target without ``accept`` is not asked to
     assert isinstance(await flow(ScriptedEngine(answer(TEXT))).answer(question("C1:4"), plain), Done)
+class Streamer:
+    """A platform's own streaming (``bots.stream.AnswerStreamer``) that shows the answer in one message of the
+    target's sink once it ended; ``stop_after`` pieces in, it presses the platform's stop button."""
+
+    def __init__(self, target: MemoryTarget, stop_after: int | None = None) -> None:
+        self.target, self.stop_after = target, stop_after
+
+    async def run(self, handle: JobHandle, chain: MessageChain, *, controls: AnswerControls,
+                  failure: Callable[[Failed], str], stop: Callable[[], None]) -> Done | Failed:
+        pieces = 0
+        async for event in handle:
+            if isinstance(event, TextPiece):
+                pieces += 1
+                if pieces == self.stop_after:
+                    stop()
+            if isinstance(event, Done | Failed):
+                text = event.text if isinstance(event, Done) else event.partial + "\n\n" + failure(event)
+                reply = Reply(text, controls.final(event))
+                chain.ids.append(await self.target.sink.post(reply))
+                chain.shown.append(reply)
+                return event
+        raise AssertionError("no final event")
+
+
+class StreamingTarget(MemoryTarget):
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.streamer = Streamer(self, stop_after)
+
+    async def open(self, placeholder: Reply) -> Opened:
+        self.opened += 1
+        return Opened(self.sink, "", placeholder, stream=self.streamer)
+
+
+async def test_a_target_that_streams_its_own_way_gets_the_answer_instead_of_edits() -> None:
+    engine, target = ScriptedEngine(answer(TEXT)), StreamingTarget()
+    answers = flow(engine)
+    final = await answers.answer(question(), target)
+    assert isinstance(final, Done) and list(target.sink.messages.values()) == [TEXT]
+    assert target.sink.calls == [("post", "1")]  # no placeholder, no edits: the streamer's one message
+    record = answers.answers.get(engine.jobs[0].id)
+    assert record is not None and record.chain.ids == ["1"] and record.final is final  # for Regenerate
+
+
+async def test_the_platforms_own_stop_button_cancels_the_job() -> None:
+    engine, target = ScriptedEngine(answer(TEXT, size=2), delay_s=0.01), StreamingTarget(stop_after=3)
+    final = await flow(engine).answer(question(), target)
+    assert isinstance(final, Failed) and final.kind is FailureKind.CANCELLED
+    assert engine.handles[0].final is final
+    (shown,) = target.sink.messages.values()
+    assert shown.endswith("\n\n" + Messages.STOPPED)

@@ -61,3 +61,18 @@ async def test_a_429_pauses_every_edit_and_a_cancelled_wait_gives_its_turn_away(
 def test_a_budget_needs_a_call() -> None:
     with pytest.raises(ValueError):
         EditBudget(0, 6.0)
+
+
+async def test_a_call_counts_from_its_answer_and_try_acquire_never_waits() -> None:
+    now = [0.0]
+    budget = EditBudget(2, 1.0, clock=lambda: now[0])
+    first = budget.try_acquire()
+    assert first is not None and budget.try_acquire() is not None
+    assert budget.try_acquire() is None  # the window is full: no waiting, no turn
+    now[0] = 0.3
+    budget.finished(first)  # answered at 0.3: it counts from then (Slack may have counted it that late)
+    now[0] = 1.0
+    assert budget.try_acquire() is not None  # the second one's second is over...
+    assert budget.try_acquire() is None  # ...the first one's is not, counted from its answer
+    now[0] = 1.3
+    assert budget.try_acquire() is not None

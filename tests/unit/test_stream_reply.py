@@ -5,12 +5,14 @@ The adapters' own tests run it against the fake Slack and Discord; these pin dow
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bots.messages import Messages
 from bots.sink import Reply
-from bots.stream import StreamStyle, stream_reply
-from engine.types import Done, Event, Failed, Job
+from bots.stream import MessageChain, StreamStyle, stream_reply
+from engine.types import Done, Event, Failed, Job, TextPiece
 from testkit.memory_sink import MemorySink as Thread
 from testkit.scripted import ScriptedEngine, answer, done, pieces, started
 
@@ -85,3 +87,25 @@ async def test_a_message_opened_for_more_text_that_never_comes_is_taken_back() -
     style = StreamStyle(limit=39, edit_interval_s=0, render=lambda t: t.replace("&", "&&"))
     assert isinstance(await stream([started(), *pieces(text, size=19), done(text)], style, thread), Done)
     assert list(thread.messages.values()) == ["&&" * 19]  # not followed by an "empty answer" message
+
+
+async def test_an_event_read_already_is_handled_first_and_a_slow_edit_delays_the_next_one() -> None:
+    """What a platform's own streaming hands over to edits: the text so far (``chain.tail``) and an event it read;
+    an edit that waited (a workspace budget) counts its interval from its end, so the text that came meanwhile
+    goes in one edit, not in one per piece."""
+
+    class Slow(Thread):
+        async def edit(self, message_id: str, reply: Reply, *, final: bool = False) -> None:
+            await asyncio.sleep(0.1)
+            await super().edit(message_id, reply, final=final)
+
+    thread = Slow()
+    text = "word " * 40
+    handle = await ScriptedEngine([*pieces(text, size=2), done("Hello " + text)], delay_s=0).submit(Job.ask("q"))
+    chain = MessageChain.of(await thread.post(Reply("Hel")), Reply("Hel"))
+    chain.tail = "Hel"
+    final = await stream_reply(handle, thread, chain, StreamStyle(limit=2000, edit_interval_s=0.05),
+                               pending=TextPiece("lo "))
+    assert isinstance(final, Done)
+    assert list(thread.messages.values()) == [("Hello " + text).rstrip()]
+    assert len([c for c in thread.calls if c[0] == "edit"]) <= 3  # the pending piece at once; then the rest
