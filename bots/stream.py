@@ -101,6 +101,7 @@ class _Stream:
 
     async def run(self, pending: Event | None = None) -> Done | Failed:
         while True:
+            event: Event | None
             if pending is not None:  # (an event a streamer had taken when it handed the answer over)
                 event, pending = pending, None
             else:
