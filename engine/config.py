@@ -192,6 +192,7 @@ class EngineSettings:
     kv_cache_type: str = "f16"
     flash_attn: bool = True
     kv_cache_tokens: int = 0  # KV cells of one batched replica, shared by its slots; 0: 2 x context_length
+    prefill_step_ms: float = 250.0  # beside streaming answers, a batched step reads a prompt this long at most
     parallel_slots: int = 1
     system_prompt: str = "You are a helpful assistant."
     defaults: GenParams = field(default_factory=GenParams)
@@ -295,6 +296,7 @@ class EngineSettings:
             kv_cache_type=env.choice("KV_CACHE_TYPE", "f16", ("f16", "q8_0")),
             flash_attn=env.bool("FLASH_ATTN", True),
             kv_cache_tokens=kv_tokens,
+            prefill_step_ms=env.float("PREFILL_STEP_MS", 250.0, lo=0.0, hi=60_000.0),
             parallel_slots=slots,
             system_prompt=env.str("SYSTEM_PROMPT", "You are a helpful assistant."),
             defaults=defaults,

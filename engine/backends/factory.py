@@ -27,6 +27,7 @@ def make_backend(settings: EngineSettings) -> Backend | BatchedLlama:
     if settings.parallel_slots > 1:
         return BatchedLlama(settings.model_path, threads=settings.num_threads, context_length=settings.context_length,
                             slots=settings.parallel_slots, kv_cache_type=settings.kv_cache_type,
-                            flash_attn=settings.flash_attn, kv_tokens=settings.kv_cache_tokens)
+                            flash_attn=settings.flash_attn, kv_tokens=settings.kv_cache_tokens,
+                            step_target_s=settings.prefill_step_ms / 1000)
     return LlamaCppBackend(settings.model_path, threads=settings.num_threads, context_length=settings.context_length,
                            kv_cache_type=settings.kv_cache_type, flash_attn=settings.flash_attn)

@@ -7,7 +7,10 @@ every generating sequence plus, within the batch budget, prompt tokens of sequen
 (continuous batching, as llama.cpp's own server does).
 
 A slot keeps its KV cells after its answer ends. A new prompt goes to the free slot that holds the longest
-prefix of it (a follow-up in a thread shares the whole earlier conversation), and only the rest is read.
+prefix of it (a follow-up in a thread shares the whole earlier conversation), and only the rest is read. When
+another sequence (running, or kept) holds more of the prompt's start than that slot (a new conversation: the
+system prompt), its cells are shared with the new sequence (``llama_memory_seq_cp``: in the unified cache the
+cells gain a sequence id, nothing is copied or read again).
 
 When the shared cache has no room for a step, kept cells of finished answers go first (least recently used),
 then the newest sequence steps back: a prompt not yet started waits, a sequence that holds cells gives them up
@@ -19,13 +22,26 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.backends.base import ModelInfo
 from engine.backends.llama_cpp import eog_tokens, load_cpu_backend, set_threads
-from engine.backends.sched import Evict, Part, SeqState, choose_slot, make_room, plan_step, preempt, reusable_prefix
+from engine.backends.sched import (
+    Evict,
+    Part,
+    SeqState,
+    StepCosts,
+    best_donor,
+    choose_slot,
+    make_room,
+    plan_step,
+    preempt,
+    prompt_budget,
+    reusable_prefix,
+)
 from engine.errors import ConfigError, ModelFileError
 from engine.types import GenParams
 
@@ -48,7 +64,8 @@ class BatchedLlama:
     """A GGUF model answering up to ``slots`` sequences at once."""
 
     def __init__(self, path: Path, *, threads: int, context_length: int, slots: int,
-                 kv_cache_type: str = "f16", flash_attn: bool = True, kv_tokens: int = 0) -> None:
+                 kv_cache_type: str = "f16", flash_attn: bool = True, kv_tokens: int = 0,
+                 step_target_s: float = 0.25) -> None:
         self.path, self.threads, self.slots = path, threads, slots
         self.context_length = context_length
         self.kv_tokens = kv_tokens  # cells shared by all slots; 0: two full contexts
@@ -63,6 +80,8 @@ class BatchedLlama:
         self._clock = itertools.count()
         self._eog: list[int] | None = None
         self._batch_tokens = BATCH_TOKENS
+        self.step_target_s = step_target_s  # beside streaming answers, a step reads at most this long (0: no limit)
+        self.costs = StepCosts()
         self._logits_at: list[int] = []
         self.n_ctx = 0
 
@@ -165,7 +184,14 @@ class BatchedLlama:
             sampler.add_dist(params.seed)
         # the last prompt token is always read again: its logits give the first answer token
         cached = reusable_prefix(self._kept.pop(slot, []), prompt_tokens)
-        self._ctx.kv_cache_seq_rm(slot, cached, -1)
+        holders = {s: st.tokens for s, st in self._active.items()} | {s: t for s, t in self._kept.items() if s != slot}
+        donor = best_donor(prompt_tokens, holders, cached)
+        if donor is not None:  # another sequence read more of it (the system prompt, at least): share its cells
+            self._ctx.kv_cache_seq_rm(slot, -1, -1)
+            self._ctx.kv_cache_seq_cp(donor.slot, slot, 0, donor.shared)
+            cached = donor.shared
+        else:
+            self._ctx.kv_cache_seq_rm(slot, cached, -1)
         order = next(self._clock)
         self._active[slot] = _Slot(tokens=list(prompt_tokens[:cached]), pending=list(prompt_tokens[cached:]),
                                    order=order, sampler=sampler)
@@ -193,7 +219,9 @@ class BatchedLlama:
         parts = self._plan()
         while parts:
             try:
+                began = time.perf_counter()
                 self._decode(parts)
+                self.costs.observe(time.perf_counter() - began, sum(len(p.tokens) for p in parts if p.reading))
                 break
             except CacheFull:
                 parts = self._make_room(parts)
@@ -213,8 +241,11 @@ class BatchedLlama:
         return out
 
     def _plan(self) -> list[Part]:
-        """This step's batch (``sched.plan_step``)."""
-        return plan_step(self._active, self._batch_tokens, self.n_ctx)
+        """This step's batch (``sched.plan_step``): beside answers that stream, only as much prompt as keeps the
+        step near ``step_target_s`` on this machine (``sched.prompt_budget``)."""
+        generating = any(not state.pending and not state.full for state in self._active.values())
+        reading = prompt_budget(self.costs, self.step_target_s, generating, self._batch_tokens)
+        return plan_step(self._active, self._batch_tokens, self.n_ctx, reading)
 
     def _decode(self, parts: list[Part]) -> None:
         batch = self._batch.batch

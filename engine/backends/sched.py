@@ -72,15 +72,38 @@ def reusable_prefix(kept: Sequence[int], prompt: Sequence[int]) -> int:
     return min(common_prefix(kept, prompt), len(prompt) - 1)
 
 
-def plan_step(active: Mapping[int, SeqState], budget: int, n_ctx: int) -> list[Part]:
+@dataclass(frozen=True, slots=True)
+class Donor:
+    """Another sequence whose cells hold the start of a new prompt: they are shared with it, not read again."""
+
+    slot: int
+    shared: int  # prompt tokens it holds (never the prompt's last token, which is always read)
+
+
+def best_donor(prompt: Sequence[int], holders: Mapping[int, Sequence[int]], own: int) -> Donor | None:
+    """The sequence (running, or kept after its answer) that holds the longest start of ``prompt``, if it holds
+    more than the slot's own ``own`` tokens: every new conversation starts from the system prompt's cells that
+    another one already read."""
+    best: Donor | None = None
+    for slot, tokens in holders.items():
+        shared = reusable_prefix(tokens, prompt)
+        if shared > own and (best is None or shared > best.shared):
+            best = Donor(slot, shared)
+    return best
+
+
+def plan_step(active: Mapping[int, SeqState], budget: int, n_ctx: int, reading: int | None = None) -> list[Part]:
     """One step's batch of at most ``budget`` tokens: one token of every generating sequence first, then prompt
-    chunks with what is left. A sequence whose context (``n_ctx``) is full gets ``full`` set and no part."""
+    chunks with what is left, at most ``reading`` prompt tokens in all (the step's time allowance:
+    ``prompt_budget``). A sequence whose context (``n_ctx``) is full gets ``full`` set and no part."""
     parts: list[Part] = []
+    reading = budget if reading is None else reading
     for slot, state in sorted(active.items(), key=lambda item: bool(item[1].pending)):
         if state.pending:
-            take = state.pending[: max(0, budget)]  # (more slots than batch tokens: nothing left)
+            take = state.pending[: max(0, min(budget, reading))]  # (more slots than batch tokens: nothing left)
             if take:
                 budget -= len(take)
+                reading -= len(take)
                 parts.append(Part(slot, take, True, len(take) == len(state.pending)))
         elif len(state.tokens) < n_ctx and budget > 0:
             budget -= 1
@@ -88,6 +111,40 @@ def plan_step(active: Mapping[int, SeqState], budget: int, n_ctx: int) -> list[P
         elif len(state.tokens) >= n_ctx:
             state.full = True
     return parts
+
+
+@dataclass(slots=True)
+class StepCosts:
+    """What a decode step costs on this machine and model, learnt from the steps themselves (moving averages): a
+    step's time is about ``base_s`` plus ``per_prompt_token_s`` for every prompt token it reads."""
+
+    base_s: float | None = None  # a step that only generates
+    per_prompt_token_s: float | None = None
+    weight: float = 0.2
+
+    def observe(self, seconds: float, prompt_tokens: int) -> None:
+        if prompt_tokens == 0:
+            self.base_s = seconds if self.base_s is None else self.base_s + self.weight * (seconds - self.base_s)
+        elif self.base_s is not None:
+            each = max(0.0, seconds - self.base_s) / prompt_tokens
+            self.per_prompt_token_s = each if self.per_prompt_token_s is None else \
+                self.per_prompt_token_s + self.weight * (each - self.per_prompt_token_s)
+
+
+FIRST_CHUNK = 64  # prompt tokens a step reads beside running answers before their cost is known
+MIN_CHUNK = 16  # and at least this many, however slow: a long prompt must make progress
+
+
+def prompt_budget(costs: StepCosts, target_s: float, generating: bool, cap: int) -> int:
+    """How many prompt tokens the next step may read. Alone (no answer is streaming) a prompt reads at full speed
+    (``cap``); beside streaming answers, as many as keep the step near ``target_s``, so their text keeps flowing
+    while a long document is read. ``target_s`` 0: always ``cap`` (fixed chunks)."""
+    if not generating or target_s <= 0:
+        return cap
+    if costs.base_s is None or costs.per_prompt_token_s is None or costs.per_prompt_token_s <= 0:
+        return min(cap, FIRST_CHUNK)
+    fits = int((target_s - costs.base_s) / costs.per_prompt_token_s)
+    return max(MIN_CHUNK, min(cap, fits))
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,3 +117,32 @@ def test_more_slots_than_batch_tokens_are_refused_not_aborted(model_path: Path) 
     backend.close()
     with pytest.raises(ConfigError, match="PARALLEL_SLOTS"):
         EngineSettings.from_environ({"PARALLEL_SLOTS": "40", "CONTEXT_LENGTH": "16", "MAX_NEW_TOKENS": "8"})
+
+
+def test_a_new_conversation_shares_the_cells_of_the_system_prompt_another_one_read(model: BatchedLlama,
+                                                                                  model_path: Path) -> None:
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+
+    def chat(question: str) -> list[int]:
+        return model.tokenize(f"{system}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n", False)
+
+    def answer(backend: BatchedLlama, slot: int, n: int = 8) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            out += [token for s, token in backend.step() if s == slot]
+        return out[:n]
+
+    first, second = chat("Tell me about cats."), chat("What is the capital of France?")
+    assert model.add(0, first, GREEDY) == 0
+    answer(model, 0, 2)  # the first conversation has read its prompt, system prompt included
+    system_tokens = len(model.tokenize(system, False))
+    cached = model.add(1, second, GREEDY)  # an empty slot: it shares slot 0's cells instead of reading them
+    assert cached >= system_tokens - 1 and cached < len(second)
+    shared = answer(model, 1)
+    alone = BatchedLlama(model_path, threads=1, context_length=256, slots=4, kv_tokens=512)
+    alone.load()
+    try:
+        assert alone.add(1, second, GREEDY) == 0
+        assert answer(alone, 1) == shared  # the shared cells hold what reading the prompt would have written
+    finally:
+        alone.close()

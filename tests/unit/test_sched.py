@@ -3,15 +3,21 @@ way in a full KV cache, with no model. ``tests/integration/test_llama_batch.py``
 
 from __future__ import annotations
 
+import pytest
+
 from engine.backends.sched import (
+    Donor,
     Evict,
     Part,
     SeqState,
     StepBack,
+    StepCosts,
+    best_donor,
     choose_slot,
     make_room,
     plan_step,
     preempt,
+    prompt_budget,
     reusable_prefix,
 )
 
@@ -90,3 +96,31 @@ def test_a_preempted_sequence_reads_everything_again() -> None:
     reading = SeqState(tokens=[1, 2], pending=[3, 4])
     preempt(reading)
     assert (reading.tokens, reading.pending) == ([], [1, 2, 3, 4])
+
+
+def test_a_new_prompt_shares_the_longest_start_another_sequence_holds() -> None:
+    holders = {0: [*SYSTEM, 10, 11], 1: [*SYSTEM[:2]], 2: [7, 7, 7]}
+    assert best_donor([*SYSTEM, 30, 31], holders, own=0) == Donor(0, len(SYSTEM))
+    assert best_donor([*SYSTEM, 30, 31], holders, own=len(SYSTEM)) is None  # the slot holds as much itself
+    assert best_donor([*SYSTEM], holders, own=0) == Donor(0, len(SYSTEM) - 1)  # the last token is always read
+    assert best_donor([9, 9], holders, own=0) is None
+
+
+def test_beside_streaming_answers_a_step_reads_only_what_fits_its_time() -> None:
+    costs = StepCosts()
+    assert prompt_budget(costs, 0.25, generating=False, cap=512) == 512  # alone: full speed
+    assert prompt_budget(costs, 0.25, generating=True, cap=512) == 64  # costs not known yet: a modest chunk
+    costs.observe(0.030, prompt_tokens=0)  # a step that only generates
+    costs.observe(0.030 + 0.004 * 100, prompt_tokens=100)  # 4 ms a prompt token
+    assert costs.base_s == pytest.approx(0.030) and costs.per_prompt_token_s == pytest.approx(0.004)
+    assert prompt_budget(costs, 0.25, generating=True, cap=512) == 55  # (0.25 - 0.03) / 0.004
+    assert prompt_budget(costs, 0.0, generating=True, cap=512) == 512  # PREFILL_STEP_MS=0: fixed chunks
+    slow = StepCosts(base_s=0.3, per_prompt_token_s=0.01)
+    assert prompt_budget(slow, 0.25, generating=True, cap=512) == 16  # however slow, a prompt makes progress
+
+
+def test_a_step_reads_at_most_its_reading_budget_of_prompt() -> None:
+    active = {0: SeqState(tokens=[1], last=5), 1: SeqState(tokens=[], pending=list(range(300)))}
+    parts = plan_step(active, budget=512, n_ctx=1000, reading=55)
+    assert parts[0] == Part(0, [5], reading=False, wants_logits=True)
+    assert parts[1].tokens == list(range(55)) and not parts[1].wants_logits
