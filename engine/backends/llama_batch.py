@@ -32,8 +32,8 @@ from engine.backends.llama_cpp import eog_tokens, load_cpu_backend, set_threads
 from engine.backends.sched import (
     Evict,
     Part,
+    PrefillChunk,
     SeqState,
-    StepCosts,
     best_donor,
     choose_slot,
     make_room,
@@ -80,8 +80,7 @@ class BatchedLlama:
         self._clock = itertools.count()
         self._eog: list[int] | None = None
         self._batch_tokens = BATCH_TOKENS
-        self.step_target_s = step_target_s  # beside streaming answers, a step reads at most this long (0: no limit)
-        self.costs = StepCosts()
+        self.chunk = PrefillChunk(step_target_s)  # beside streaming answers, steps stay near this long (0: no limit)
         self._logits_at: list[int] = []
         self.n_ctx = 0
 
@@ -221,7 +220,8 @@ class BatchedLlama:
             try:
                 began = time.perf_counter()
                 self._decode(parts)
-                self.costs.observe(time.perf_counter() - began, sum(len(p.tokens) for p in parts if p.reading))
+                self.chunk.observe(time.perf_counter() - began, sum(len(p.tokens) for p in parts if p.reading),
+                                   any(not p.reading for p in parts), self._batch_tokens)
                 break
             except CacheFull:
                 parts = self._make_room(parts)
@@ -242,10 +242,10 @@ class BatchedLlama:
 
     def _plan(self) -> list[Part]:
         """This step's batch (``sched.plan_step``): beside answers that stream, only as much prompt as keeps the
-        step near ``step_target_s`` on this machine (``sched.prompt_budget``)."""
-        generating = any(not state.pending and not state.full for state in self._active.values())
-        reading = prompt_budget(self.costs, self.step_target_s, generating, self._batch_tokens)
-        return plan_step(self._active, self._batch_tokens, self.n_ctx, reading)
+        step near its target on this machine (``sched.prompt_budget``)."""
+        streaming = any(not state.pending and not state.full for state in self._active.values())
+        return plan_step(self._active, self._batch_tokens, self.n_ctx,
+                         prompt_budget(self.chunk, streaming, self._batch_tokens))
 
     def _decode(self, parts: list[Part]) -> None:
         batch = self._batch.batch

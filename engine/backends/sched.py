@@ -113,38 +113,35 @@ def plan_step(active: Mapping[int, SeqState], budget: int, n_ctx: int, reading: 
     return parts
 
 
-@dataclass(slots=True)
-class StepCosts:
-    """What a decode step costs on this machine and model, learnt from the steps themselves (moving averages): a
-    step's time is about ``base_s`` plus ``per_prompt_token_s`` for every prompt token it reads."""
-
-    base_s: float | None = None  # a step that only generates
-    per_prompt_token_s: float | None = None
-    weight: float = 0.2
-
-    def observe(self, seconds: float, prompt_tokens: int) -> None:
-        if prompt_tokens == 0:
-            self.base_s = seconds if self.base_s is None else self.base_s + self.weight * (seconds - self.base_s)
-        elif self.base_s is not None:
-            each = max(0.0, seconds - self.base_s) / prompt_tokens
-            self.per_prompt_token_s = each if self.per_prompt_token_s is None else \
-                self.per_prompt_token_s + self.weight * (each - self.per_prompt_token_s)
-
-
-FIRST_CHUNK = 64  # prompt tokens a step reads beside running answers before their cost is known
+FIRST_CHUNK = 64  # prompt tokens a step reads beside streaming answers before step times say more
 MIN_CHUNK = 16  # and at least this many, however slow: a long prompt must make progress
 
 
-def prompt_budget(costs: StepCosts, target_s: float, generating: bool, cap: int) -> int:
+@dataclass(slots=True)
+class PrefillChunk:
+    """How much prompt a step reads beside streaming answers, steered by the steps' own times toward a target:
+    what would have fit the target in the last such step, smoothed. A step's cost per prompt token is not a
+    constant (bigger chunks use the CPU better, and every token of a long prompt attends to all before it), so
+    the chunk follows measurement rather than a model of it."""
+
+    target_s: float
+    size: int = FIRST_CHUNK
+
+    def observe(self, seconds: float, prompt_tokens: int, streaming: bool, cap: int) -> None:
+        """A step took ``seconds`` reading ``prompt_tokens`` (``streaming``: beside answers that stream)."""
+        if not streaming or prompt_tokens == 0 or seconds <= 0 or self.target_s <= 0:
+            return
+        fits = prompt_tokens * self.target_s / seconds
+        self.size = max(MIN_CHUNK, min(cap, round((self.size + fits) / 2)))
+
+
+def prompt_budget(chunk: PrefillChunk, streaming: bool, cap: int) -> int:
     """How many prompt tokens the next step may read. Alone (no answer is streaming) a prompt reads at full speed
-    (``cap``); beside streaming answers, as many as keep the step near ``target_s``, so their text keeps flowing
-    while a long document is read. ``target_s`` 0: always ``cap`` (fixed chunks)."""
-    if not generating or target_s <= 0:
+    (``cap``); beside streaming answers, the chunk that keeps steps near the target, so their text keeps flowing
+    while a long document is read. A target of 0: always ``cap`` (fixed chunks)."""
+    if not streaming or chunk.target_s <= 0:
         return cap
-    if costs.base_s is None or costs.per_prompt_token_s is None or costs.per_prompt_token_s <= 0:
-        return min(cap, FIRST_CHUNK)
-    fits = int((target_s - costs.base_s) / costs.per_prompt_token_s)
-    return max(MIN_CHUNK, min(cap, fits))
+    return min(cap, chunk.size)
 
 
 @dataclass(frozen=True, slots=True)

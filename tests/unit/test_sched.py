@@ -3,15 +3,13 @@ way in a full KV cache, with no model. ``tests/integration/test_llama_batch.py``
 
 from __future__ import annotations
 
-import pytest
-
 from engine.backends.sched import (
     Donor,
     Evict,
     Part,
+    PrefillChunk,
     SeqState,
     StepBack,
-    StepCosts,
     best_donor,
     choose_slot,
     make_room,
@@ -107,16 +105,22 @@ def test_a_new_prompt_shares_the_longest_start_another_sequence_holds() -> None:
 
 
 def test_beside_streaming_answers_a_step_reads_only_what_fits_its_time() -> None:
-    costs = StepCosts()
-    assert prompt_budget(costs, 0.25, generating=False, cap=512) == 512  # alone: full speed
-    assert prompt_budget(costs, 0.25, generating=True, cap=512) == 64  # costs not known yet: a modest chunk
-    costs.observe(0.030, prompt_tokens=0)  # a step that only generates
-    costs.observe(0.030 + 0.004 * 100, prompt_tokens=100)  # 4 ms a prompt token
-    assert costs.base_s == pytest.approx(0.030) and costs.per_prompt_token_s == pytest.approx(0.004)
-    assert prompt_budget(costs, 0.25, generating=True, cap=512) == 55  # (0.25 - 0.03) / 0.004
-    assert prompt_budget(costs, 0.0, generating=True, cap=512) == 512  # PREFILL_STEP_MS=0: fixed chunks
-    slow = StepCosts(base_s=0.3, per_prompt_token_s=0.01)
-    assert prompt_budget(slow, 0.25, generating=True, cap=512) == 16  # however slow, a prompt makes progress
+    chunk = PrefillChunk(target_s=0.25)
+    assert prompt_budget(chunk, streaming=False, cap=512) == 512  # alone: full speed
+    assert prompt_budget(chunk, streaming=True, cap=512) == 64  # before any step says more: a modest chunk
+    chunk.observe(0.125, prompt_tokens=64, streaming=True, cap=512)  # half the target: twice as much fits
+    assert prompt_budget(chunk, streaming=True, cap=512) == 96  # (smoothed: halfway there)
+    for _ in range(10):
+        chunk.observe(0.125, prompt_tokens=64, streaming=True, cap=512)
+    assert prompt_budget(chunk, streaming=True, cap=512) == 128
+    chunk.observe(2.0, prompt_tokens=128, streaming=True, cap=512)  # a slow step (a long prompt's far end)
+    assert prompt_budget(chunk, streaming=True, cap=512) == 72
+    chunk.observe(9.0, prompt_tokens=16, streaming=False, cap=512)  # no answer streamed: says nothing
+    assert prompt_budget(chunk, streaming=True, cap=512) == 72
+    for _ in range(20):
+        chunk.observe(5.0, prompt_tokens=16, streaming=True, cap=512)
+    assert prompt_budget(chunk, streaming=True, cap=512) == 16  # however slow, a prompt makes progress
+    assert prompt_budget(PrefillChunk(target_s=0.0), streaming=True, cap=512) == 512  # PREFILL_STEP_MS=0
 
 
 def test_a_step_reads_at_most_its_reading_budget_of_prompt() -> None:
