@@ -25,6 +25,7 @@ from engine.api import SHUTDOWN_REASON, Health, JobFeed, JobHandle
 from engine.backends.base import ModelInfo
 from engine.config import EngineSettings
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
+from engine.local.cpuwatch import CpuWatch
 from engine.local.queue import JobQueue
 from engine.local.router import route
 from engine.local.state import JobEntry, ManagedReplica
@@ -36,6 +37,7 @@ from engine.types import Done, Failed, FailureKind, Job, Queued, Started, TextPi
 
 log = logging.getLogger("engbot.engine")
 
+WATCH_EVERY_S = 1.0
 DEDUP_TTL_S = 600.0
 DEDUP_MAX = 10_000
 
@@ -105,6 +107,11 @@ class Engine:
         return self.settings.shutdown_grace_s
 
     @property
+    def free_cpus(self) -> int:
+        """CPUs the replicas share (NUM_THREADS=auto): those this process may use, less what others keep busy."""
+        return self._supervisor.share.cpus
+
+    @property
     def capacity(self) -> int:
         """Answers that can run at once: NUM_WORKERS x PARALLEL_SLOTS."""
         return len(self._supervisor.replicas) * self.settings.parallel_slots
@@ -133,6 +140,20 @@ class Engine:
             await self._supervisor.start_all()
         self._accepting = True
         self._supervisor.restart_dead()
+        if self.settings.adaptive_threads:
+            self.spawn(self._watch_cpus(), "engbot-cpu-watch")
+
+    async def _watch_cpus(self) -> None:
+        """NUM_THREADS=auto: once a second, leave the CPUs other programs keep busy to them (``cpuwatch.py``)."""
+        watch = CpuWatch(self.settings.num_threads, lambda: (r.pid for r in self.replicas if r.pid))
+        share = self._supervisor.share
+        while self._accepting and not self._closing:
+            free = watch.update()
+            if free != share.cpus:
+                log.info("%d of %d CPUs free for the replicas (other programs keep %.1f busy)", free,
+                         watch.allowed, watch.others)
+                share.cpus = free
+            await asyncio.sleep(WATCH_EVERY_S)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -333,7 +354,7 @@ class Engine:
             queue_wait = entry.started_at - entry.submitted_at
             self.metrics.queue_wait.observe(queue_wait)
             self._running.add(entry)
-            self._supervisor.busy.value = self._busy_replicas()
+            self._supervisor.share.busy = self._busy_replicas()
             entry.seq = next(self._seq)
             job = feed.job
             system = self.settings.system_prompt if job.system_prompt is None else job.system_prompt
@@ -373,7 +394,7 @@ class Engine:
             if not feed.done and not requeued:  # the task itself was cancelled (hard shutdown)
                 self._finish(entry, Failed(FailureKind.SHUTDOWN, SHUTDOWN_REASON, "".join(entry.pieces)))
             self._running.discard(entry)
-            self._supervisor.busy.value = self._busy_replicas()
+            self._supervisor.share.busy = self._busy_replicas()
             self._supervisor.release(replica, entry)
 
     def _finish(self, entry: JobEntry, event: Done | Failed) -> None:

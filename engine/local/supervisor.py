@@ -17,7 +17,8 @@ from engine.errors import ModelFileError
 from engine.local.router import all_down
 from engine.local.state import JobEntry, ManagedReplica
 from engine.metrics import EngineMetrics
-from engine.replica.process import ReplicaProcess, shared_counter
+from engine.replica.process import ReplicaProcess
+from engine.replica.threads import CpuShare
 
 log = logging.getLogger("engbot.engine")
 
@@ -53,8 +54,8 @@ class Supervisor:
 
     def __init__(self, settings: EngineSettings, metrics: EngineMetrics, engine: Dispatcher) -> None:
         self.settings, self.metrics, self.engine = settings, metrics, engine
-        self.busy = shared_counter()  # replicas generating now, for NUM_THREADS=auto
-        self.replicas = [ManagedReplica(ReplicaProcess(i, settings, busy=self.busy))
+        self.share = CpuShare(settings.num_threads)  # replicas generating now, CPUs free (NUM_THREADS=auto)
+        self.replicas = [ManagedReplica(ReplicaProcess(i, settings, share=self.share))
                          for i in range(settings.num_workers)]
         for replica in self.replicas:
             replica.process.on_death = functools.partial(self._on_death, replica)

@@ -19,12 +19,13 @@ from engine.prompts import choose_template
 from engine.replica.loop_batched import serve_batched
 from engine.replica.loop_single import serve_single
 from engine.replica.protocol import LoadFailed, Ready
-from engine.replica.threads import ThreadShare
+from engine.replica.threads import CpuShare, ThreadShare
 
 log = logging.getLogger("engbot.replica")
 
 
-def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel: Any, busy: Any = None) -> None:
+def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel: Any,
+                 share: CpuShare | None = None) -> None:
     """Entry point of a replica process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
@@ -43,7 +44,7 @@ def replica_main(index: int, settings: EngineSettings, conn: Connection, cancel:
         conn.send(LoadFailed(f"loading {settings.model_path} failed: {exc}"))
         return
     conn.send(Ready(replace(info, detail=f"{info.detail} template={name}".strip())))
-    threads = ThreadShare(backend, settings, busy)
+    threads = ThreadShare(backend, settings, share)
     if isinstance(backend, BatchedLlama):
         serve_batched(backend, info, template, settings, conn, threads)
     else:

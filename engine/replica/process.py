@@ -27,6 +27,7 @@ from engine.replica.protocol import (
     RunJob,
     StopReplica,
 )
+from engine.replica.threads import CpuShare
 from engine.types import FailureKind
 
 log = logging.getLogger("engbot.replica")
@@ -34,11 +35,6 @@ log = logging.getLogger("engbot.replica")
 KILL_GRACE_S = 10.0  # a replica that overruns its own timeout by this much is killed (stuck in native code)
 CANCEL_GRACE_S = 5.0  # a replica that ignores a cancel this long is killed
 _SPAWN = mp.get_context("spawn")
-
-
-def shared_counter() -> Any:
-    """An integer shared with replica processes (written by the engine, read by replicas without locking)."""
-    return _SPAWN.RawValue("i", 0)
 
 
 class _Exited:
@@ -60,9 +56,9 @@ class ReplicaProcess:
     """
 
     def __init__(self, index: int, settings: EngineSettings, on_death: Callable[[], None] = lambda: None,
-                 busy: Any = None) -> None:
+                 share: CpuShare | None = None) -> None:
         self.index = index
-        self.busy_replicas = busy  # shared with every replica of the engine (NUM_THREADS=auto)
+        self.share = share  # shared with every replica of the engine (NUM_THREADS=auto)
         self.settings = settings
         self.on_death = on_death
         self.process: Any = None
@@ -101,7 +97,7 @@ class ReplicaProcess:
         self._control = asyncio.Queue()
         self._stopping = self._gone = False
         self.process = _SPAWN.Process(
-            target=replica_main, args=(self.index, self.settings, child, self._cancel, self.busy_replicas),
+            target=replica_main, args=(self.index, self.settings, child, self._cancel, self.share),
             name=f"engbot-replica-{self.index}", daemon=True,
         )
         self.process.start()

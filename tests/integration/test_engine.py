@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -311,3 +312,20 @@ async def test_a_model_that_cannot_load_fails_start(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"bad\.gguf"):
         await engine.start()
     assert not engine.replicas[0].alive
+
+
+async def test_auto_threads_leave_a_busy_neighbour_its_cpu(engine_factory: EngineFactory) -> None:
+    if (os.cpu_count() or 1) < 2 or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    engine = await engine_factory(NUM_THREADS="auto")
+    cpus = engine.settings.num_threads
+    assert engine.free_cpus == cpus
+    # another program keeps a core busy
+    neighbour = await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
+    try:
+        await _until(lambda: engine.free_cpus == cpus - 1, timeout=20)
+        answer = await engine.submit_nowait(Job.ask(QUESTIONS[0], params=GREEDY)).result()
+        assert isinstance(answer, Done) and answer.text  # (answered with the CPUs left)
+    finally:
+        neighbour.kill()
+        await neighbour.wait()
