@@ -69,7 +69,7 @@ class StatusView:
         return web.json_response({"stopped": stopped})
 
     def report(self, *, admin: bool = False) -> dict[str, Any]:
-        activity, engine_settings = self.activity, self.settings.engine
+        activity = self.activity
         inner = activity.inner
         health = activity.health()
         recent = activity.recent()
@@ -90,6 +90,7 @@ class StatusView:
             "admin": admin,
         }
         if isinstance(inner, Engine):
+            engine_settings = inner.settings
             report["model"] = {"file": engine_settings.model_path.name, "backend": engine_settings.model_backend,
                                "layout": engine_settings.layout, "context": engine_settings.context_length or None,
                                "kv_cache_tokens": engine_settings.kv_cache_tokens or None}
