@@ -135,6 +135,8 @@ function show(message) {
 function button(control) {
   const element = plainButton(control.label, control.style, () => post("/api/press", { id: control.id }));
   element.dataset.action = control.action;
+  const titles = { good: "A good answer", bad: "A bad answer" };
+  if (titles[control.action]) element.title = element.ariaLabel = titles[control.action];
   return element;
 }
 
