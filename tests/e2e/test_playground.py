@@ -297,3 +297,26 @@ async def test_with_a_token_only_its_holders_chat_and_stop_answers_from_the_stat
     await holder.wait(lambda: final(holder.bot()[0]))
     assert holder.bot()[0]["text"].endswith(Messages.STOPPED)  # (stopped by the operator, not the asker)
     assert not activity.in_flight()
+
+
+async def test_continue_goes_on_in_the_same_message_and_feedback_is_counted_once(
+        playground: Playground, browsers: Callable[..., Browser]) -> None:
+    base, adapter, _ = await playground(MAX_NEW_TOKENS=12)
+    browser = browsers(base)
+    assert await browser.open() == 200
+    await browser.post("/api/ask", {"text": LONG})
+    await browser.wait(lambda: browser.bot() and final(browser.bot()[0]))
+    cut = browser.bot()[0]
+    assert "continue" in actions(cut)  # cut at MAX_NEW_TOKENS
+    press = {c["action"]: c["id"] for c in cut["controls"]}
+    await browser.post("/api/press", {"id": press["continue"]})
+    await browser.wait(lambda: final(browser.bot()[0]) and len(browser.bot()[0]["text"]) > len(cut["text"]))
+    assert len(browser.bot()) == 1 and browser.bot()[0]["text"].startswith(cut["text"].strip()[:20])
+
+    good = next(c["id"] for c in browser.bot()[0]["controls"] if c["action"] == "good")
+    await browser.post("/api/press", {"id": good})
+    await browser.post("/api/press", {"id": good})
+    await browser.wait(lambda: len(browser.of("tell")) == 2)
+    assert [t["text"] for t in browser.of("tell")] == [Messages.THANKS, Messages.VOTED]
+    registry = adapter.submitter.metrics.registry
+    assert registry.get_sample_value("engbot_feedback_total", {"platform": "web", "value": "good"}) == 1.0
