@@ -29,6 +29,7 @@ from engine.api import JobHandle
 from engine.config import EngineSettings, QueueSettings
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
 from engine.local import Engine
+from engine.redis.affinity import HOLDER_TTL_S, Affinity, conversation_key
 from engine.redis.client import (
     DEADLINE_MARGIN_S,
     EVENTS_GRACE_S,
@@ -109,6 +110,8 @@ class RedisHost:
         self._refresh = self._redis.register_script(REFRESH)
         self._take_over = self._redis.register_script(TAKE_OVER)
         self._hand_back = self._redis.register_script(HAND_BACK)
+        self.affinity = Affinity(self._redis, self.keys, self.consumer, max(3.0, settings.visibility_timeout_s),
+                                 self.engine.metrics.registry)
         visibility = settings.visibility_timeout_s
         self.refresh_interval_s = min(2.0, visibility / 3)
         self.takeover_interval_s = max(0.25, min(5.0, visibility / 2))
@@ -142,6 +145,7 @@ class RedisHost:
         try:
             await check_reachable(self._redis, self.settings, self.keys)
             self._sync_clock(now_ms(await self._redis.time()))
+            await self.affinity.open()
             self._connected = True
             await self.engine.start()
         except BaseException:
@@ -160,6 +164,7 @@ class RedisHost:
         self._stopping = True
         self._slot_freed.set()
         await finish_tasks(self._loops[:1], READ_BLOCK_MS / 1000 + 2)  # the claim loop ends by itself
+        passed = await self.affinity.close(self.keys.group)  # passed here, never read: for another host
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_done.wait(), grace)
         leftover = [run for run in self._runs.values() if not run.lost]
@@ -171,7 +176,7 @@ class RedisHost:
         try:
             await self._hand_back(keys=[self.keys.jobs], args=[
                 self.keys.group, self.consumer, RELEASED, int(self.settings.visibility_timeout_s * 1000) + 1,
-                *(run.claim.entry_id for run in leftover)])
+                *(run.claim.entry_id for run in leftover), *passed])
             if leftover:
                 log.info("handed %d unfinished jobs back to the queue", len(leftover))
         except RedisError as exc:
@@ -193,6 +198,8 @@ class RedisHost:
             free = self.capacity - len(self._runs)
             if free <= 0:
                 self._slot_freed.clear()
+                with contextlib.suppress(RedisError):  # no follow-ups passed here while full
+                    await self.affinity.say_room(0)
                 await self._slot_freed.wait()
                 continue
             try:
@@ -204,9 +211,17 @@ class RedisHost:
                 if now >= next_cleanup:
                     next_cleanup = now + 300
                     await self._forget_dead_consumers()
+                await self.affinity.say_room(free)
                 reply: Any = await self._redis.xreadgroup(self.keys.group, self.consumer,
-                                                          {self.keys.jobs: ">"}, count=free, block=block_ms)
-                claims = [claim for entries in (reply or []) for claim in self._parse(entries[1], 1)]
+                                                          {self.keys.jobs: ">", self.affinity.inbox: ">"},
+                                                          count=free, block=block_ms)
+                claims = []
+                for stream, entries in reply or []:
+                    if stream == self.keys.jobs:
+                        entries = await self.affinity.sort(self.keys.group, entries)
+                    else:
+                        entries = await self.affinity.received(entries)
+                    claims += self._parse(entries, 1)
                 if claims:
                     await self._start(claims, None)
             except ResponseError as exc:
@@ -215,6 +230,7 @@ class RedisHost:
                     log.warning("the consumer group is gone (Redis restarted without its data?): recreating it")
                     with contextlib.suppress(RedisError):
                         await ensure_group(self._redis, self.keys)
+                        await self.affinity.open()
                 else:
                     log.exception("unexpected Redis error while claiming jobs")
                     await asyncio.sleep(backoff(5))
@@ -410,14 +426,15 @@ class RedisHost:
             run.seq += 1
             wire.append(event_to_wire(event, claim.attempt, run.seq))
         payload = json.dumps(wire, ensure_ascii=False) if wire else ""
+        holder = self.keys.holder(conversation_key(claim.job)) if final else ""
         failures = 0
         while True:
             try:
                 status = await self._write_events(
                     keys=[self.keys.jobs, self.keys.events(claim.job.id), self.keys.cancel(claim.job.id),
-                          self.keys.attempt(claim.entry_id)],
+                          self.keys.attempt(claim.entry_id), holder],
                     args=[self.keys.group, self.consumer, claim.entry_id, payload, run.events_ttl_s,
-                          "1" if final else "0"])
+                          "1" if final else "0", HOLDER_TTL_S])
                 return int(status)
             except RedisError as exc:
                 raise_if_cancelled()
@@ -472,3 +489,4 @@ class RedisHost:
             if consumer["name"] not in (self.consumer, RELEASED) and not consumer["pending"] and \
                     consumer["idle"] > STALE_CONSUMER_MS:
                 await self._redis.xgroup_delconsumer(self.keys.jobs, self.keys.group, consumer["name"])
+                await self._redis.delete(self.keys.inbox(consumer["name"]))

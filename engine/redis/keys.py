@@ -38,3 +38,15 @@ class Keys:
 
     def wake(self, submitter_id: str) -> str:
         return f"{self.prefix}wake:{submitter_id}"
+
+    def holder(self, conversation: str) -> str:
+        """The host (consumer name) whose cache holds ``conversation``'s prompt: it answered its last turn."""
+        return f"{self.prefix}holder:{conversation}"
+
+    def room(self, consumer: str) -> str:
+        """How many more jobs the host ``consumer`` takes at once (expires when the host stops saying so)."""
+        return f"{self.prefix}room:{consumer}"
+
+    def inbox(self, consumer: str) -> str:
+        """Jobs other hosts passed to ``consumer``, the host holding their conversation's prompt."""
+        return f"{self.prefix}inbox:{consumer}"

@@ -25,6 +25,7 @@ from engine.api import SHUTDOWN_REASON, Health, JobFeed, JobHandle
 from engine.config import QueueSettings
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
 from engine.metrics import EngineMetrics
+from engine.redis.affinity import conversation_key
 from engine.redis.client import (
     DEADLINE_MARGIN_S,
     EVENTS_GRACE_S,
@@ -200,7 +201,7 @@ class RedisSubmitter:
         Redis still does not answer after a few quick attempts, or the caller is cancelled meanwhile, the job is
         withdrawn (``WITHDRAW``, by the reader task, as soon as Redis answers) and ``EngineClosed`` raised."""
         keys = [self.keys.jobs, self.keys.dedup(job.dedup_key) if job.dedup_key else "", self._wake_key,
-                self.keys.job(job.id)]
+                self.keys.job(job.id), self.keys.holder(conversation_key(job))]
         args: list[str | int] = [
             self.settings.max_pending, DEDUP_TTL_S, job_to_json(job), int(self.settings.job_deadline_s * 1000),
             int((self.settings.job_deadline_s + self.deadline_margin_s) * 1000), self.keys.group, job.id,
