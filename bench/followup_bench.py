@@ -125,7 +125,7 @@ def report(results: dict[int, Result], threads: int, doc_tokens: int) -> list[st
     return lines
 
 
-async def main_async(threads: int, doc_tokens: int, out: Path) -> None:
+async def main_async(threads: int, doc_tokens: int) -> str:
     results: dict[int, Result] = {}
     with tempfile.TemporaryDirectory(prefix="engbot-followup-bench-") as tmp:
         server = RedisServer(Path(tmp) / "redis")
@@ -136,9 +136,7 @@ async def main_async(threads: int, doc_tokens: int, out: Path) -> None:
                 print(f"{hosts} host(s): done, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
         finally:
             server.stop()
-    text = "\n".join(report(results, threads, doc_tokens))
-    out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    return "\n".join(report(results, threads, doc_tokens))
 
 
 def main() -> None:
@@ -147,7 +145,9 @@ def main() -> None:
     parser.add_argument("--doc-tokens", type=int, default=1400)
     parser.add_argument("--out", type=Path, default=Path("docs/bench-followup.md"))
     args = parser.parse_args()
-    asyncio.run(main_async(args.threads, args.doc_tokens, args.out))
+    text = asyncio.run(main_async(args.threads, args.doc_tokens))
+    args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
 
 
 if __name__ == "__main__":
