@@ -1,4 +1,4 @@
-"""The ``engbot`` command: ask, chat, doctor, run, worker, bench."""
+"""The ``engbot`` command: ask, chat, doctor, run, worker, pull, models, bench."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("doctor", help="check the settings, the CPU and the model, then generate a few tokens")
     sub.add_parser("run", help="run the bot: the engine, every configured adapter and the HTTP endpoints")
     sub.add_parser("worker", help="run an engine host that takes jobs from Redis (QUEUE_BACKEND=redis)")
+    pull = sub.add_parser("pull", help="download a GGUF model from Hugging Face into MODELS_DIR, with progress and "
+                          "resume, e.g. engbot pull Qwen/Qwen2.5-0.5B-Instruct-GGUF:q4_k_m")
+    pull.add_argument("model", help="owner/repo[:quant or file name], e.g. Qwen/Qwen2.5-0.5B-Instruct-GGUF:q4_k_m")
+    pull.add_argument("--revision", help="a branch, tag or commit of the repository (default: main)")
+    sub.add_parser("models", help="list the models in MODELS_DIR (names for MODEL_PATH), and the bundled one")
     bench = sub.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     bench.add_argument("--quick", action="store_true", help="fewer and shorter runs")
     bench.add_argument("--out", default="docs/benchmarks.md")
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     environ = load_environ(args.env_file)
     commands: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
         "ask": _ask, "chat": _chat, "doctor": _doctor, "run": _run, "worker": _worker, "bench": _bench,
+        "pull": _pull, "models": _models,
     }
     try:
         return commands[args.command](args, environ)
@@ -168,6 +174,18 @@ def _worker(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from engbot.host import run_worker
 
     return run_worker(environ)
+
+
+def _pull(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from engbot.models import pull_command
+
+    return pull_command(args, environ)
+
+
+def _models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from engbot.models import models_command
+
+    return models_command(args, environ)
 
 
 def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
