@@ -10,12 +10,15 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import EngineSettings, load_environ
-from engine.errors import ConfigError, ModelFileError, QueueUnavailable
+from engine.errors import ConfigError, ModelFileError, ModelServerUnavailable, QueueUnavailable
 from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
+
+if TYPE_CHECKING:
+    from engine.remote import RemoteSubmitter
 
 EXIT_CONFIG = 2
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as exc:
         print(f"engbot: the model could not be loaded: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except QueueUnavailable as exc:
+    except (QueueUnavailable, ModelServerUnavailable) as exc:
         print(f"engbot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
@@ -90,7 +93,16 @@ def _cli_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
     return settings, replace(params, **overrides)  # type: ignore[arg-type]
 
 
-async def _stream(engine: Engine, job: Job, out: Any = sys.stdout) -> Done | Failed:
+def _answerer(settings: EngineSettings, environ: Mapping[str, str]) -> Engine | RemoteSubmitter:
+    """The local engine, or the model server (MODEL_BACKEND=openai)."""
+    if settings.model_backend == "openai":
+        from engine.remote import RemoteSettings, RemoteSubmitter
+
+        return RemoteSubmitter(settings, RemoteSettings.from_environ(environ))
+    return Engine(settings)
+
+
+async def _stream(engine: Engine | RemoteSubmitter, job: Job, out: Any = sys.stdout) -> Done | Failed:
     async for event in await engine.submit(job):
         if isinstance(event, TextPiece):
             out.write(event.text)
@@ -116,7 +128,7 @@ def _ask(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_CONFIG
 
     async def go() -> int:
-        async with Engine(settings) as engine:
+        async with _answerer(settings, environ) as engine:
             result = await _stream(engine, Job.ask(question, params=params))
             return 0 if isinstance(result, Done) else 1
 
@@ -129,7 +141,7 @@ def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     async def go() -> int:
         history: list[Turn] = []
-        async with Engine(settings) as engine:
+        async with _answerer(settings, environ) as engine:
             print("engbot chat: type a message; /reset forgets the conversation, /exit or Ctrl-D quits.",
                   file=sys.stderr)
             while True:

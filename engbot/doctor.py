@@ -19,7 +19,7 @@ from engine.types import Done, GenParams, Job
 
 SETTING_PREFIXES = ("MODEL_", "LLM_", "NUM_", "LOAD_", "KEEP_", "QUEUE_", "GENERATION_", "MAX_", "TEMPERATURE",
                     "TOP_", "REPEAT_", "CONTEXT_", "PROMPT_", "SYSTEM_", "SEED", "REDIS_", "RATE_", "HTTP_", "LOG_",
-                    "SHUTDOWN_", *(p.env_prefix for p in PLATFORMS))
+                    "SHUTDOWN_", "MODELS_", "HF_", "OPENAI_", "REMOTE_", *(p.env_prefix for p in PLATFORMS))
 
 
 def _line(label: str, value: object) -> None:
@@ -39,6 +39,10 @@ def doctor(environ: Mapping[str, str]) -> int:
     _line("instruction sets", " ".join(f for f in ("avx", "avx2", "avx512f", "fma", "f16c") if f in flags) or "none")
     try:
         settings = EngineSettings.from_environ(environ, check_model=False)
+        if settings.model_backend == "openai":
+            from engbot.doctor_remote import doctor_remote
+
+            return doctor_remote(environ, settings)
         _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
         info = inspect_model(settings.model_path)
         settings = EngineSettings.from_environ(environ)

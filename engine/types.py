@@ -125,7 +125,8 @@ class FailureKind(StrEnum):
     PROMPT_TOO_LONG = "prompt_too_long"  # the newest message alone does not fit the context
     LOAD_FAILED = "load_failed"  # no replica could load the model
     SHUTDOWN = "shutdown"  # the engine stopped before the answer was done
-    BUSY = "busy"  # no replica was free within QUEUE_TIMEOUT_S
+    BUSY = "busy"  # no replica was free within QUEUE_TIMEOUT_S (or the model server kept answering 429/503)
+    UNAVAILABLE = "unavailable"  # the model server (MODEL_BACKEND=openai) could not be reached or broke off
     ERROR = "error"  # anything else (a bug, a model library error): details in the log
 
     @classmethod
