@@ -7,7 +7,8 @@ model and no extra native build.
         await server.kill()          # a crash mid-answer
         await server.start()         # back on the same port
 
-It answers one request at a time (the rest wait inside it), ignores the request's model name, prints
+It answers one request at a time (the rest wait inside it; started with ``--interrupt_requests False``, since by
+default a new request cuts off the answer being streamed), ignores the request's model name, prints
 "Disconnected from client" when a client closes a stream (``log``), and reports a prompt longer than its context
 as 400 ``context_length_exceeded``.
 """
@@ -73,7 +74,9 @@ class LlamaCppServer:
         """Start the process and wait until it lists its model (also usable outside an event loop)."""
         args = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", self.alias,
                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-                "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--verbose", "False"]
+                "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--verbose", "False",
+                # by default a new request ends the answer being streamed: here they wait their turn
+                "--interrupt_requests", "False"]
         if self.api_key:
             args += ["--api_key", self.api_key]
         with self.log_path.open("ab") as sink:

@@ -316,7 +316,7 @@ class RemoteSubmitter:
     async def _stream(self, entry: _Entry, stream: Any) -> bool:
         """Read the stream to its end; False if it ended before its first chunk. The ``async with`` closes it
         however this ends: a cancel closes the connection, so the server stops generating."""
-        finish: FinishReason = "stop"
+        finish: FinishReason | None = None
         prompt_tokens = completion_tokens = 0
         async with stream:
             async for chunk in stream:
@@ -328,11 +328,14 @@ class RemoteSubmitter:
                     text = choice.delta.content if choice.delta is not None else None
                     if text:
                         self._text(entry, text)
-                    if choice.finish_reason == "length":
-                        finish = "length"
+                    if choice.finish_reason:
+                        finish = "length" if choice.finish_reason == "length" else "stop"
         if not entry.started_at:
             return False
-        self._done(entry, finish, prompt_tokens, completion_tokens or len(entry.pieces))
+        if finish is None:  # (llama-cpp-python's server ends an answer so when another request interrupts it)
+            log.warning("job %s: the model server ended the stream without a finish reason: the answer may be "
+                        "cut short", entry.short_id)
+        self._done(entry, finish or "stop", prompt_tokens, completion_tokens or len(entry.pieces))
         return True
 
     def _whole(self, entry: _Entry, reply: Any) -> None:

@@ -17,13 +17,15 @@ import pytest_asyncio
 
 from bots.messages import Messages, failure_text
 from engine.api import JobHandle
-from engine.config import EngineSettings
+from engine.config import EngineSettings, QueueSettings
 from engine.errors import ConfigError, DuplicateJob, ModelServerUnavailable, QueueFull
+from engine.redis import RedisHost, RedisSubmitter
 from engine.remote import RemoteSettings, RemoteSubmitter
 from engine.remote.request import CONTINUE_PROMPT
 from engine.types import Done, Event, Failed, FailureKind, GenParams, Job, Queued, Started, TextPiece, Turn
 from testkit.openai_proxy import FaultProxy
 from testkit.openai_server import ALIAS, LlamaCppServer, free_port
+from testkit.redis_server import RedisServer
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 KEY = "sk-engbot-test-key"
@@ -326,3 +328,33 @@ async def test_a_conversation_too_long_for_the_server_loses_its_oldest_turns(pro
     final = await (await remote.submit(Job.ask(old))).result()
     assert isinstance(final, Failed) and final.kind is FailureKind.PROMPT_TOO_LONG
     assert "too long" in failure_text(final)
+
+
+# ---- many bot processes: the Redis queue, hosts in front of the server ----
+
+
+async def test_redis_hosts_can_answer_with_the_model_server(proxy: FaultProxy, tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    queue = QueueSettings.from_environ({"QUEUE_BACKEND": "redis", "REDIS_URL": redis.url})
+    values = environ(proxy.url, REMOTE_MAX_INFLIGHT=2)
+    settings = EngineSettings.from_environ(values)
+    host = RedisHost(queue, settings, engine=RemoteSubmitter(settings, RemoteSettings.from_environ(values)))
+    bot = RedisSubmitter(queue)
+    try:
+        await host.start()
+        await bot.start()
+        assert host.capacity == 2
+        handles = [await bot.submit(Job.ask(q)) for q in ("Say hello.", "Name three colours.",
+                                                           "What is the capital of France?")]
+        results = await asyncio.gather(*(h.result() for h in handles))
+        assert all(isinstance(r, Done) and r.text.strip() for r in results), results
+        assert len(proxy.calls) == 3
+        runaway = await bot.submit(Job.ask("Tell me a very long story about a river.", params=LONG))
+        await first_text(runaway)
+        bot.cancel(runaway.job.id)  # from the bot process, through Redis, to the host: it closes the stream
+        await proxy.wait_for(lambda: proxy.calls[-1].client_closed)
+    finally:
+        await bot.stop(grace_s=0)
+        await host.stop(grace_s=0)
+        redis.stop()
