@@ -18,6 +18,7 @@ from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
 
 if TYPE_CHECKING:
+    from engine.local.fleet import EngineFleet
     from engine.remote import RemoteSubmitter
 
 EXIT_CONFIG = 2
@@ -71,6 +72,7 @@ def _gen_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="override TEMPERATURE (0 = greedy)")
     p.add_argument("--seed", type=int, help="override SEED")
     p.add_argument("--system", help="override SYSTEM_PROMPT")
+    p.add_argument("--model", help="with MODELS: the model to ask (one of its names; default DEFAULT_MODEL)")
 
 
 def _quiet(environ: Mapping[str, str]) -> None:
@@ -93,16 +95,26 @@ def _cli_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
     return settings, replace(params, **overrides)  # type: ignore[arg-type]
 
 
-def _answerer(settings: EngineSettings, environ: Mapping[str, str]) -> Engine | RemoteSubmitter:
-    """The local engine, or the model server (MODEL_BACKEND=openai)."""
+def _answerer(settings: EngineSettings, environ: Mapping[str, str]) -> Engine | RemoteSubmitter | EngineFleet:
+    """The local engine, several models (MODELS), or the model server (MODEL_BACKEND=openai)."""
+    from engine.models.fleet import FleetSettings, ModelSpec
+
     if settings.model_backend == "openai":
         from engine.remote import RemoteSettings, RemoteSubmitter
 
         return RemoteSubmitter(settings, RemoteSettings.from_environ(environ))
+    fleet = FleetSettings.from_environ(environ)
+    if fleet is not None:
+        from engine.local.fleet import EngineFleet
+
+        # one conversation at a time: one replica per model
+        models = tuple(ModelSpec(m.name, replace(m.settings, num_workers=1)) for m in fleet.models)
+        return EngineFleet(replace(fleet, models=models))
     return Engine(settings)
 
 
-async def _stream(engine: Engine | RemoteSubmitter, job: Job, out: Any = sys.stdout) -> Done | Failed:
+async def _stream(engine: Engine | RemoteSubmitter | EngineFleet, job: Job, out: Any = sys.stdout
+                  ) -> Done | Failed:
     async for event in await engine.submit(job):
         if isinstance(event, TextPiece):
             out.write(event.text)
@@ -129,7 +141,8 @@ def _ask(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     async def go() -> int:
         async with _answerer(settings, environ) as engine:
-            result = await _stream(engine, Job.ask(question, params=params))
+            result = await _stream(engine, Job.ask(question, params=params, model=args.model,
+                                                   system_prompt=args.system))
             return 0 if isinstance(result, Done) else 1
 
     return asyncio.run(go())
@@ -160,7 +173,8 @@ def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 if not line:
                     continue
                 history.append(Turn("user", line))
-                result = await _stream(engine, Job(turns=tuple(history), params=params))
+                result = await _stream(engine, Job(turns=tuple(history), params=params, model=args.model,
+                                                   system_prompt=args.system))
                 if isinstance(result, Done):
                     history.append(Turn("assistant", result.text))
                 else:

@@ -13,12 +13,17 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from engbot.http import make_app, serve
 from engbot.logs import setup_logging
 from engbot.settings import AppSettings
 from engine.config import EngineSettings, QueueSettings
 from engine.redis import RedisHost
+
+if TYPE_CHECKING:
+    from engine.local.fleet import EngineFleet
+    from engine.remote import RemoteSubmitter
 
 log = logging.getLogger("engbot")
 
@@ -40,11 +45,18 @@ def run_worker(environ: Mapping[str, str]) -> int:
     if queue.job_deadline_s < settings.generation_timeout_s:
         log.warning("JOB_DEADLINE_S (%g s) is shorter than GENERATION_TIMEOUT_S (%g s): long answers are cut at "
                     "the deadline", queue.job_deadline_s, settings.generation_timeout_s)
-    engine = None
+    from engine.models.fleet import FleetSettings
+
+    engine: RemoteSubmitter | EngineFleet | None = None
+    fleet = FleetSettings.from_environ(environ) if settings.model_backend != "openai" else None
     if settings.model_backend == "openai":  # a host in front of a model server instead of its own replicas
         from engine.remote import RemoteSettings, RemoteSubmitter
 
         engine = RemoteSubmitter(settings, RemoteSettings.from_environ(environ))
+    elif fleet is not None:  # several models (MODELS): this host serves each of them
+        from engine.local.fleet import EngineFleet
+
+        engine = EngineFleet(fleet)
     return asyncio.run(work_until_signal(RedisHost(queue, settings, engine=engine), app_settings))
 
 

@@ -46,7 +46,7 @@ def run(environ: Mapping[str, str]) -> int:
 def make_submitter(environ: Mapping[str, str]) -> Submitter:
     """What the adapters submit to: a RedisSubmitter that queues jobs in Redis for ``engbot worker`` hosts
     (QUEUE_BACKEND=redis: this process then loads no model), a RemoteSubmitter that sends them to an
-    OpenAI-compatible server (MODEL_BACKEND=openai), or the in-process Engine."""
+    OpenAI-compatible server (MODEL_BACKEND=openai), several in-process engines (MODELS), or the in-process Engine."""
     queue = QueueSettings.from_environ(environ)
     if queue.backend == "redis":
         from engine.redis import RedisSubmitter
@@ -58,6 +58,13 @@ def make_submitter(environ: Mapping[str, str]) -> Submitter:
         from engine.remote import RemoteSettings, RemoteSubmitter
 
         return RemoteSubmitter(settings, RemoteSettings.from_environ(environ))
+    from engine.models.fleet import FleetSettings
+
+    fleet = FleetSettings.from_environ(environ)
+    if fleet is not None:  # several models (MODELS), each with its own replicas
+        from engine.local.fleet import EngineFleet
+
+        return EngineFleet(fleet)
     from engine.local import Engine
 
     return Engine(settings)

@@ -368,9 +368,13 @@ def models_dir(environ: Mapping[str, str]) -> Path:
 
 def _model_path(env: Env) -> Path:
     raw = env.raw("MODEL_PATH")
-    if raw:  # a file, or a model in MODELS_DIR by name (``engbot models``)
+    if raw:  # a file, or a model in MODELS_DIR by name (``engbot models``), or the bundled one by its name
+        from engine.models.refs import short_name
         from engine.models.store import ModelNotFound, resolve_model
 
+        bundled = default_model_path()
+        if bundled is not None and raw.strip().lower() == short_name(bundled.name) and not Path(raw).exists():
+            return bundled
         try:
             return resolve_model(raw, models_dir(env.environ))
         except ModelNotFound as exc:

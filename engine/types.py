@@ -44,7 +44,8 @@ class Job:
     queue fairly: waiting jobs are taken in turn by user. ``prefill`` is the start of the answer that the model
     goes on from (Continue an answer cut by ``max_new_tokens``); the events carry only the new text. ``resample``
     asks for another answer than the last (Regenerate): sampled at REGENERATE_TEMPERATURE at least, with a new
-    seed, whatever the defaults say.
+    seed, whatever the defaults say. ``model`` names one of the engine's models (``MODELS=fast=...,code=...``; a
+    channel's setting): None, or a name the engine does not serve, takes its default model.
     """
 
     turns: tuple[Turn, ...]
@@ -56,6 +57,7 @@ class Job:
     user: str | None = None
     prefill: str = ""
     resample: bool = False
+    model: str | None = None
 
     @classmethod
     def ask(cls, text: str, **kwargs: object) -> Job:

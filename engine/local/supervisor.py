@@ -187,6 +187,19 @@ class Supervisor:
             replica.conversations.clear()
             self.engine.dispatch()
 
+    async def unload_idle(self) -> None:
+        """Stop every ready replica that has no job now (another model needs the memory)."""
+        idle = [r for r in self.replicas if r.state == "ready" and not r.jobs]
+        for replica in idle:
+            replica.cancel_timer()
+            replica.state = "stopping"
+        try:
+            await asyncio.gather(*(r.process.stop() for r in idle))
+        finally:
+            for replica in idle:
+                replica.state = "stopped"
+                replica.conversations.clear()
+
     def cancel_timers(self) -> None:
         for replica in self.replicas:
             replica.cancel_timer()

@@ -48,6 +48,7 @@ from engine.redis.scripts import HAND_BACK, REFRESH, TAKE_OVER, WRITE_EVENTS
 from engine.types import FINAL_EVENTS, Event, Failed, FailureKind, Job, Queued, Started, TextPiece
 
 if TYPE_CHECKING:
+    from engine.local.fleet import EngineFleet
     from engine.remote import RemoteSubmitter
 
 log = logging.getLogger("engbot.redis")
@@ -99,10 +100,10 @@ class RedisHost:
     name = "redis"  # for /readyz
 
     def __init__(self, settings: QueueSettings, engine_settings: EngineSettings, *,
-                 consumer: str | None = None, engine: Engine | RemoteSubmitter | None = None) -> None:
+                 consumer: str | None = None, engine: Engine | RemoteSubmitter | EngineFleet | None = None) -> None:
         self.settings = settings
         # the local replicas, or a model server (MODEL_BACKEND=openai): hosts in front of an inference cluster
-        self.engine: Engine | RemoteSubmitter = engine or Engine(engine_settings)
+        self.engine: Engine | RemoteSubmitter | EngineFleet = engine or Engine(engine_settings)
         self.capacity = self.engine.capacity  # answers at once
         # unique per process even where host names and process ids repeat (containers with host networking, each
         # PID 1; a restarted container): ownership checks compare consumer names

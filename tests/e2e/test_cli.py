@@ -78,3 +78,23 @@ def test_run_with_a_rejected_or_unreachable_slack_says_so(tmp_path: Path) -> Non
     assert "slack could not connect" in proc.stderr and "xoxb-1-2-x" not in proc.stderr
     proc = engbot("run", cwd=tmp_path, env={**env, "SLACK_BOT_TOKEN": "bad-token"})
     assert proc.returncode == 2 and "SLACK_BOT_TOKEN" in proc.stderr
+
+
+def test_ask_picks_one_of_several_models(tmp_path: Path) -> None:
+    pythia = write_gpt_neox_ggml(tmp_path / "pythia.bin", ftype="q5_0")  # a second, different model
+    env = {"MODELS": f"fast=smollm2-135m-instruct.q4_1,code={pythia}", "MODELS_CODE_CONTEXT_LENGTH": "512",
+           "MAX_LOADED_MODELS": "1"}
+    proc = engbot("ask", "Hi", cwd=tmp_path, env=env)  # the default MAX_NEW_TOKENS does not fit that context
+    assert proc.returncode == 2 and "for the model 'code' of MODELS" in proc.stderr, proc.stderr
+    assert "MODELS_CODE_MAX_NEW_TOKENS sets it" in proc.stderr
+    env["MODELS_CODE_MAX_NEW_TOKENS"] = "64"
+    plain = engbot("ask", "What is the capital of France?", "--max-tokens", "12", cwd=tmp_path)
+    fast = engbot("ask", "What is the capital of France?", "--max-tokens", "12", "--model", "fast", cwd=tmp_path,
+                  env=env)
+    code = engbot("ask", "What is the capital of France?", "--max-tokens", "12", "--model", "code", cwd=tmp_path,
+                  env=env)
+    assert plain.returncode == fast.returncode == code.returncode == 0, fast.stderr + code.stderr
+    assert fast.stdout == plain.stdout  # the bundled model, by its short name: the same greedy answer
+    assert code.stdout.strip() and code.stdout != fast.stdout  # the other model answered
+    bad = engbot("ask", "Hi", cwd=tmp_path, env={**env, "DEFAULT_MODEL": "slow"})
+    assert bad.returncode == 2 and "DEFAULT_MODEL='slow' is not valid" in bad.stderr
