@@ -29,7 +29,7 @@ from engine.local.eviction import ModelState
 from engine.local.queue import JobQueue
 from engine.local.router import route
 from engine.local.state import JobEntry, ManagedReplica
-from engine.local.supervisor import Supervisor
+from engine.local.supervisor import CpuShare, Supervisor
 from engine.metrics import EngineMetrics
 from engine.replica.process import ReplicaProcess
 from engine.replica.protocol import JobDone, JobFailed, JobStarted, JobText, RunJob
@@ -58,11 +58,11 @@ class Engine:
     """
 
     def __init__(self, settings: EngineSettings, metrics: EngineMetrics | None = None, *,
-                 gate: LoadGate | None = None) -> None:
+                 gate: LoadGate | None = None, cpu: CpuShare | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or EngineMetrics()
         self.gate = gate
-        self._supervisor = Supervisor(settings, self.metrics, self)
+        self._supervisor = Supervisor(settings, self.metrics, self, cpu)
         # waiting jobs are taken in turn by user (a job without one is its own user: first come, first served)
         self._queue: JobQueue[JobEntry] = JobQueue(settings.queue_max_size, on_moved=self._on_moved,
                                                    key=lambda entry: entry.feed.job.user or entry.job_id)
@@ -384,7 +384,7 @@ class Engine:
             queue_wait = entry.started_at - entry.submitted_at
             self.metrics.queue_wait.observe(queue_wait)
             self._running.add(entry)
-            self._supervisor.busy.value = self._busy_replicas()
+            self._supervisor.cpu.report(self, self._busy_replicas())
             entry.seq = next(self._seq)
             job = feed.job
             system = self.settings.system_prompt if job.system_prompt is None else job.system_prompt
@@ -424,7 +424,7 @@ class Engine:
             if not feed.done and not requeued:  # the task itself was cancelled (hard shutdown)
                 self._finish(entry, Failed(FailureKind.SHUTDOWN, SHUTDOWN_REASON, "".join(entry.pieces)))
             self._running.discard(entry)
-            self._supervisor.busy.value = self._busy_replicas()
+            self._supervisor.cpu.report(self, self._busy_replicas())
             self._supervisor.release(replica, entry)
 
     def _finish(self, entry: JobEntry, event: Done | Failed) -> None:

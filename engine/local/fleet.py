@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from engine.api import Health, JobHandle
 from engine.local.engine import Engine
 from engine.local.eviction import ModelUse, plan_load
+from engine.local.supervisor import CpuShare
 from engine.metrics import EngineMetrics
 from engine.models.fleet import FleetSettings
 from engine.types import Job
@@ -41,11 +42,12 @@ class EngineFleet:
         self.fleet = fleet
         self.metrics = metrics or EngineMetrics()
         self.engines: dict[str, Engine] = {}
+        cpu = CpuShare()  # NUM_THREADS=auto: the CPUs are shared among the busy replicas of every model
         for spec in fleet.models:
             settings = spec.settings
             if fleet.limited and not settings.load_on_fly:  # loaded on demand, kept until another needs the place
                 settings = replace(settings, load_on_fly=True, keep_alive_s=NEVER_S)
-            self.engines[spec.name] = Engine(settings, self.metrics, gate=self)
+            self.engines[spec.name] = Engine(settings, self.metrics, gate=self, cpu=cpu)
         self.settings = self.engines[fleet.default].settings  # the default model's (what callers read)
         self.metrics.track(lambda: sum(e.queued for e in self.engines.values()),
                            lambda: sum(e.busy_replicas for e in self.engines.values()))
@@ -93,8 +95,9 @@ class EngineFleet:
             h = engine.health()
             models[name] = {"state": engine.loaded, "default": name == self.fleet.default, "ok": h.ok,
                             "queued": engine.queued, "running": engine.running, **h.detail}
-        ok = all(e.health().ok for e in self.engines.values())
-        return Health(ok=ok, checks={"engine": self.accepting, "model": True},
+        each = [e.health() for e in self.engines.values()]
+        return Health(ok=all(h.ok for h in each),
+                      checks={"engine": self.accepting, "model": all(h.checks.get("model", True) for h in each)},
                       detail={"models": models, "max_loaded_models": self.fleet.max_loaded})
 
     def describe(self) -> str:

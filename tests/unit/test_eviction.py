@@ -32,3 +32,15 @@ def test_one_model_leaves_at_a_time_and_its_place_is_taken_by_one() -> None:
     assert plan_load([use("a"), use("b", "loaded"), use("c")], "c", 2) == LoadPlan(load=True)  # a is gone
     # two models waited for one place: the first to ask takes it, the second waits for that one to fall idle
     assert plan_load([use("a"), use("b", "loaded", busy=True), use("c")], "c", 1) == LoadPlan(load=False)
+
+
+def test_the_engines_of_several_models_share_one_count_of_busy_replicas() -> None:
+    from engine.local.supervisor import CpuShare
+
+    share = CpuShare()
+    fast, code = object(), object()
+    share.report(fast, 2)
+    share.report(code, 1)
+    assert share.counter.value == 3  # NUM_THREADS=auto: 3 replicas share the CPUs, whatever their model
+    share.report(fast, 0)
+    assert share.counter.value == 1
