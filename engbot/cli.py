@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import EngineSettings, load_environ
@@ -26,7 +30,10 @@ EXIT_CONFIG = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engbot", description="A Slack and Discord bot answering with a local LLM.")
-    parser.add_argument("--env-file", default=".env", help="settings file read under the environment (default .env)")
+    parser.add_argument("--version", action="version", version=f"engbot {_version()}")
+    parser.add_argument("--env-file", help="settings file read under the environment (default: .env, if there is one)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="ask, chat, doctor: show log lines at LOG_LEVEL too (else warnings and errors only)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer one question on the configured model, streamed to the terminal")
@@ -47,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", default="docs/benchmarks.md")
 
     args = parser.parse_args(argv)
-    environ = load_environ(args.env_file)
+    if args.env_file is not None and not Path(args.env_file).is_file():
+        print(f"engbot: --env-file {args.env_file}: no such file", file=sys.stderr)
+        return EXIT_CONFIG
+    environ = load_environ(args.env_file or ".env")
     commands: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
         "ask": _ask, "chat": _chat, "doctor": _doctor, "run": _run, "worker": _worker, "bench": _bench,
         "pull": _pull, "models": _models,
@@ -67,32 +77,75 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("engbot")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+# each option stands for a setting, and is checked as that setting is
+FLAGS = {"max_tokens": ("--max-tokens", "MAX_NEW_TOKENS"), "temperature": ("--temperature", "TEMPERATURE"),
+         "seed": ("--seed", "SEED"), "system": ("--system", "SYSTEM_PROMPT")}
+
+
 def _gen_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, help="override MAX_NEW_TOKENS")
-    p.add_argument("--temperature", type=float, help="override TEMPERATURE (0 = greedy)")
-    p.add_argument("--seed", type=int, help="override SEED")
+    p.add_argument("--max-tokens", help="override MAX_NEW_TOKENS")
+    p.add_argument("--temperature", help="override TEMPERATURE (0 = greedy)")
+    p.add_argument("--seed", help="override SEED")
     p.add_argument("--system", help="override SYSTEM_PROMPT")
     p.add_argument("--model", help="with MODELS: the model to ask (one of its names; default DEFAULT_MODEL)")
 
 
-def _quiet(environ: Mapping[str, str]) -> None:
-    """Interactive commands print answers, not log lines, unless LOG_LEVEL asks for them."""
+def _quiet(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Interactive commands print answers, not log lines: warnings and errors only, unless ``--verbose``."""
     from engbot.logs import setup_logging
+    from engbot.settings import LogSettings
 
-    level = environ.get("LOG_LEVEL", "WARNING")
-    os.environ.setdefault("LOG_LEVEL", level)  # the replica processes read it
-    setup_logging(level, environ.get("LOG_FORMAT", "text"))
+    logs = LogSettings.from_environ(environ)  # checked as `engbot run` checks it
+    level = logs.level if args.verbose else "warning"
+    os.environ["LOG_LEVEL"] = level  # the replica processes read it
+    setup_logging(level, logs.format)
+
+
+def _flag_environ(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings with the command's flags over them."""
+    overrides = {setting: str(value) for option, (_, setting) in FLAGS.items()
+                 if (value := getattr(args, option, None)) is not None}
+    return {**environ, **overrides}
+
+
+def _several(environ: Mapping[str, str]) -> bool:
+    """MODELS is set: each model samples with its own settings (the flags included)."""
+    return bool((environ.get("MODELS") or "").strip())
 
 
 def _cli_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[EngineSettings, GenParams]:
+    overrides = _flag_environ(args, {})
+    try:
+        settings = EngineSettings.from_environ({**environ, **overrides})
+    except ConfigError as exc:
+        flag = next((f for f, setting in FLAGS.values() if setting == exc.name and setting in overrides), None)
+        if flag is None:
+            raise
+        raise ConfigError(flag, exc.value, exc.allowed) from None
     # one conversation at a time: one replica is enough, and starts fastest
-    settings = replace(EngineSettings.from_environ(environ), num_workers=1)
-    if args.system is not None:
-        settings = replace(settings, system_prompt=args.system)
-    params = settings.defaults
-    overrides = {k: v for k, v in (("max_new_tokens", args.max_tokens), ("temperature", args.temperature),
-                                   ("seed", args.seed)) if v is not None}
-    return settings, replace(params, **overrides)  # type: ignore[arg-type]
+    return replace(settings, num_workers=1), settings.defaults
+
+
+@asynccontextmanager
+async def _engine(settings: EngineSettings, environ: Mapping[str, str]
+                  ) -> AsyncIterator[Engine | RemoteSubmitter | EngineFleet]:
+    """An engine for an interactive command: whatever ends the command (Ctrl-C too) stops it at once, without
+    the SHUTDOWN_GRACE_S a bot gives its users' answers."""
+    engine = _answerer(settings, environ)
+    try:
+        await engine.start()
+        yield engine
+    finally:
+        await engine.stop(grace_s=0)
 
 
 def _answerer(settings: EngineSettings, environ: Mapping[str, str]) -> Engine | RemoteSubmitter | EngineFleet:
@@ -125,14 +178,17 @@ async def _stream(engine: Engine | RemoteSubmitter | EngineFleet, job: Job, out:
             print(f"[{event.dropped_turns} oldest messages left out to fit the context]", file=sys.stderr)
         elif isinstance(event, Done | Failed):
             out.write("\n")
+            out.flush()
             if isinstance(event, Failed):
                 print(f"engbot: {event.reason}", file=sys.stderr)
+            elif event.finish_reason == "length":
+                print(f"[cut at {event.completion_tokens} tokens: --max-tokens or MAX_NEW_TOKENS]", file=sys.stderr)
             return event
     raise AssertionError("unreachable")
 
 
 def _ask(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    _quiet(environ)
+    _quiet(args, environ)
     settings, params = _cli_settings(args, environ)
     question = " ".join(args.question).strip()
     if not question:
@@ -140,26 +196,27 @@ def _ask(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_CONFIG
 
     async def go() -> int:
-        async with _answerer(settings, environ) as engine:
-            result = await _stream(engine, Job.ask(question, params=params, model=args.model,
-                                                   system_prompt=args.system))
+        async with _engine(settings, _flag_environ(args, environ)) as engine:
+            job = Job.ask(question, params=None if _several(environ) else params, model=args.model,
+                          system_prompt=args.system)
+            result = await _stream(engine, job)
             return 0 if isinstance(result, Done) else 1
 
     return asyncio.run(go())
 
 
 def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    _quiet(environ)
+    _quiet(args, environ)
     settings, params = _cli_settings(args, environ)
 
     async def go() -> int:
         history: list[Turn] = []
-        async with _answerer(settings, environ) as engine:
+        async with _engine(settings, _flag_environ(args, environ)) as engine:
             print("engbot chat: type a message; /reset forgets the conversation, /exit or Ctrl-D quits.",
                   file=sys.stderr)
             while True:
                 try:
-                    line = await asyncio.to_thread(input, "> ")
+                    line = await _input("> ")
                 except EOFError:
                     print(file=sys.stderr)
                     return 0
@@ -173,8 +230,8 @@ def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 if not line:
                     continue
                 history.append(Turn("user", line))
-                result = await _stream(engine, Job(turns=tuple(history), params=params, model=args.model,
-                                                   system_prompt=args.system))
+                result = await _stream(engine, Job(turns=tuple(history), params=None if _several(environ) else params,
+                                                   model=args.model, system_prompt=args.system))
                 if isinstance(result, Done):
                     history.append(Turn("assistant", result.text))
                 else:
@@ -183,10 +240,36 @@ def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return asyncio.run(go())
 
 
+async def _input(prompt: str) -> str:
+    """``input(prompt)`` in a daemon thread: Ctrl-C ends the command at once, where a thread of the default executor
+    would keep the process until the line was typed."""
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+
+    def settle(result: str, error: BaseException | None) -> None:
+        if line.done():
+            return
+        if error is not None:
+            line.set_exception(error)
+        else:
+            line.set_result(result)
+
+    def read() -> None:
+        try:
+            result, error = input(prompt), None
+        except BaseException as exc:  # EOFError, mostly
+            result, error = "", exc
+        with contextlib.suppress(RuntimeError):  # the command ended meanwhile: its loop is closed
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=read, name="engbot-input", daemon=True).start()
+    return await line
+
+
 def _doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from engbot.doctor import doctor
 
-    _quiet(environ)
+    _quiet(args, environ)
     return doctor(environ)
 
 

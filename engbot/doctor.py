@@ -7,23 +7,22 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from bots.registry import PLATFORMS
+from engbot.run import web_access
+from engbot.settings import RunSettings, check_settings, is_setting
 from engine.config import EngineSettings, mask
 from engine.errors import ConfigError, ModelFileError
 from engine.local import Engine
 from engine.modelfile import inspect_model
+from engine.models.fleet import FleetSettings, env_prefix
 from engine.types import Done, GenParams, Job
-
-SETTING_PREFIXES = ("MODEL_", "LLM_", "NUM_", "LOAD_", "KEEP_", "QUEUE_", "GENERATION_", "MAX_", "TEMPERATURE",
-                    "TOP_", "REPEAT_", "CONTEXT_", "PROMPT_", "SYSTEM_", "SEED", "REDIS_", "RATE_", "HTTP_", "LOG_",
-                    "SHUTDOWN_", "MODELS_", "HF_", "OPENAI_", "REMOTE_", *(p.env_prefix for p in PLATFORMS))
 
 
 def _line(label: str, value: object) -> None:
-    print(f"  {label:<22} {value}")
+    print(f"  {label:<26} {value}")
 
 
 def doctor(environ: Mapping[str, str]) -> int:
@@ -32,20 +31,51 @@ def doctor(environ: Mapping[str, str]) -> int:
 
     print(f"engbot doctor (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)")
     print("settings from the environment and .env:")
-    for name in sorted(k for k in environ if k.startswith(SETTING_PREFIXES)):
+    for name in sorted(k for k in environ if is_setting(k)):
         _line(name, mask(name, environ[name]))
     flags = cpu_flags()
     print("CPU:")
     _line("instruction sets", " ".join(f for f in ("avx", "avx2", "avx512f", "fma", "f16c") if f in flags) or "none")
-    try:
-        settings = EngineSettings.from_environ(environ, check_model=False)
-        if settings.model_backend == "openai":
-            from engbot.doctor_remote import doctor_remote
+    checked, errors = check_settings(environ, check_model=False)  # what `engbot run` checks, every part of it
+    if checked is None:
+        for error in errors:
+            print(f"FAIL: {error}", file=sys.stderr)
+        return 2
+    settings = checked.engine
+    _platforms(checked)
+    if settings.model_backend == "openai":  # the model is a server's: its URL, key and model, and a test answer
+        from engbot.doctor_remote import doctor_remote
 
-            return doctor_remote(environ, settings)
-        _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
+        return doctor_remote(environ, settings)
+    _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
+    if checked.fleet is not None:  # several models (MODELS): each one checked as a single model is
+        return _models(environ)
+    return _model(settings, lambda: EngineSettings.from_environ(environ))
+
+
+def _models(environ: Mapping[str, str]) -> int:
+    try:
+        fleet = FleetSettings.from_environ(environ)  # with each model file read now
+    except ConfigError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
+    assert fleet is not None
+    codes = []
+    for spec in fleet.models:
+        default = " (DEFAULT_MODEL)" if spec.name == fleet.default else ""
+        print(f"model {spec.name}{default}; its own settings: {env_prefix(spec.name)}<SETTING>")
+        codes.append(_model(spec.settings, lambda spec=spec: spec.settings))  # type: ignore[misc]
+    _line("MAX_LOADED_MODELS", f"{fleet.max_loaded}: the least recently used idle model makes room" if fleet.limited
+          else "every model stays loaded")
+    return max(codes)
+
+
+def _model(settings: EngineSettings, checked: Callable[[], EngineSettings]) -> int:
+    """The model file, the engine's layout (``checked``: the settings checked against the file), and a test
+    answer: 0, 2 for a file or setting that cannot be used, 1 if it does not answer."""
+    try:
         info = inspect_model(settings.model_path)
-        settings = EngineSettings.from_environ(environ)
+        settings = checked()
     except (ConfigError, ModelFileError) as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
@@ -64,6 +94,25 @@ def doctor(environ: Mapping[str, str]) -> int:
     _line("context", settings.context_length or "the model's own")
     _line("system prompt", repr(settings.system_prompt))
     return asyncio.run(_generate(replace(settings, num_workers=1, load_on_fly=False)))
+
+
+def _platforms(settings: RunSettings) -> None:
+    """Where `engbot run` would answer: each chat platform, the playground, and the queue."""
+    print("where `engbot run` answers:")
+    configured = {chat.name for chat, _ in settings.platforms}
+    for chat in PLATFORMS:
+        _line(chat.name, "configured" if chat.name in configured else f"not configured ({chat.setup})")
+    access = web_access(settings, playground=not configured)
+    url = settings.app.local_url
+    if settings.web.token is not None:
+        _line("playground", f"{url} for whoever gives PLAYGROUND_TOKEN ({url}#token=<PLAYGROUND_TOKEN>)")
+    elif access.open_without_token:
+        _line("playground", f"{url}: no chat platform is configured, so the bot answers there (this machine only)")
+    else:
+        _line("playground", f"status page only at {url}: {access.locked}")
+    queue = settings.queue
+    _line("queue", "in this process" if queue.backend == "memory" else
+          f"Redis at {queue.redis_url_masked} (this process loads no model; `engbot worker` hosts answer)")
 
 
 async def _generate(settings: EngineSettings) -> int:

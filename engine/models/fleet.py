@@ -52,8 +52,9 @@ class FleetSettings:
         return 0 < self.max_loaded < len(self.models)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> FleetSettings | None:
-        """None when MODELS is not set (one model: MODEL_PATH). Raises ``ConfigError`` naming the variable."""
+    def from_environ(cls, environ: Mapping[str, str], *, check_model: bool = True) -> FleetSettings | None:
+        """None when MODELS is not set (one model: MODEL_PATH). Raises ``ConfigError`` naming the variable;
+        ``check_model``: read each model file too (its format, architecture, template)."""
         env = Env(environ)
         raw = env.raw("MODELS")
         if not raw:
@@ -62,7 +63,7 @@ class FleetSettings:
             raise ConfigError("MODEL_PATH", env.raw("MODEL_PATH"), "set MODEL_PATH or MODELS, not both (with MODELS, "
                               "name every model there, e.g. MODELS=fast=<model>,code=<model>)")
         entries = parse_models(raw)
-        models = tuple(ModelSpec(name, _settings(environ, name, ref)) for name, ref in entries)
+        models = tuple(ModelSpec(name, _settings(environ, name, ref, check_model)) for name, ref in entries)
         names = tuple(name for name, _ in entries)
         default = env.raw("DEFAULT_MODEL") or names[0]
         if default not in names:
@@ -110,10 +111,10 @@ def model_environ(environ: Mapping[str, str], name: str, ref: str) -> dict[str, 
     return out
 
 
-def _settings(environ: Mapping[str, str], name: str, ref: str) -> EngineSettings:
+def _settings(environ: Mapping[str, str], name: str, ref: str, check_model: bool) -> EngineSettings:
     own = model_environ(environ, name, ref)
     try:
-        return EngineSettings.from_environ(own)
+        return EngineSettings.from_environ(own, check_model=check_model)
     except ConfigError as exc:
         prefix = env_prefix(name)
         if exc.name == "MODEL_PATH":  # the model named in MODELS
