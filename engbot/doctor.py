@@ -60,13 +60,14 @@ def _models(environ: Mapping[str, str]) -> int:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
     assert fleet is not None
+    print(f"{len(fleet.models)} models (MODELS):")
+    _line("MAX_LOADED_MODELS", f"{fleet.max_loaded}: the least recently used idle model makes room" if fleet.limited
+          else "every model stays loaded")
     codes = []
     for spec in fleet.models:
         default = " (DEFAULT_MODEL)" if spec.name == fleet.default else ""
         print(f"model {spec.name}{default}; its own settings: {env_prefix(spec.name)}<SETTING>")
         codes.append(_model(spec.settings, lambda spec=spec: spec.settings))  # type: ignore[misc]
-    _line("MAX_LOADED_MODELS", f"{fleet.max_loaded}: the least recently used idle model makes room" if fleet.limited
-          else "every model stays loaded")
     return max(codes)
 
 

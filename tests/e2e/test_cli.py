@@ -326,3 +326,16 @@ def test_ask_picks_one_of_several_models(tmp_path: Path) -> None:
     assert code.stdout.strip() and code.stdout != fast.stdout  # the other model answered
     bad = engbot("ask", "Hi", cwd=tmp_path, env={**env, "DEFAULT_MODEL": "slow"})
     assert bad.returncode == 2 and "DEFAULT_MODEL='slow' is not valid" in bad.stderr
+
+
+def test_doctor_checks_each_of_several_models(tmp_path: Path) -> None:
+    pythia = write_gpt_neox_ggml(tmp_path / "pythia.bin", ftype="q5_0")
+    env = {"MODELS": f"fast=smollm2-135m-instruct.q4_1,code={pythia}", "MODELS_CODE_CONTEXT_LENGTH": "512",
+           "MODELS_CODE_MAX_NEW_TOKENS": "64", "MAX_LOADED_MODELS": "1"}
+    proc = engbot("doctor", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "model fast (DEFAULT_MODEL)" in proc.stdout and "model code;" in proc.stdout
+    assert "MODELS_CODE_<SETTING>" in proc.stdout and "gpt_neox" in proc.stdout and "llama" in proc.stdout
+    assert proc.stdout.splitlines().count("OK") == 2 and "least recently used" in proc.stdout
+    proc = engbot("doctor", cwd=tmp_path, env={**env, "MODELS": "fast=smollm2-135m-instruct.q4_1,code=nope"})
+    assert proc.returncode == 2 and "MODELS='code=nope' is not valid" in proc.stderr, proc.stderr
