@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from bots.web.access import Access
+from engbot.activity import Activity
+from engbot.settings import check_settings
+from engbot.status import StatusView
 from engine.local.fleet import EngineFleet
 from engine.models.fleet import FleetSettings
 from engine.types import Done, GenParams, Job, Queued, Started
@@ -92,3 +96,15 @@ async def test_a_model_that_answers_is_not_unloaded_the_other_waits(fleet_factor
     assert isinstance(await waiting.result(), Done)
     assert fleet.engines["code"].loaded == "loaded" and fleet.engines["fast"].loaded == "unloaded"
     assert fleet.health().ok
+
+
+async def test_the_status_page_reports_every_model(fleet_factory: FleetFactory, model_path: Path) -> None:
+    fleet = await fleet_factory(MAX_LOADED_MODELS=1, QUEUE_MAX_SIZE=5)
+    environ = {"MODELS": f"fast={model_path},code={model_path}", "MAX_LOADED_MODELS": "1", "QUEUE_MAX_SIZE": "5"}
+    settings, errors = check_settings(environ, check_model=False)
+    assert settings is not None, errors
+    report = StatusView(Activity(fleet), settings, environ, Access(None, True)).report()
+    assert "2 models" in report["model"]["where"] and "at most 1 in memory" in report["model"]["where"]
+    assert report["queue"]["max"] == 5  # this process's queue, not Redis's bound
+    assert report["health"]["models"]["code"]["state"] == "unloaded"
+    assert ("MODELS", f"fast={model_path},code={model_path}") in report["settings"]
