@@ -49,6 +49,7 @@ class Question:
     attempt: int = 1
     params: GenParams | None = None
     system_prompt: str | None = None
+    model: str | None = None  # which of the engine's models answers (a channel's setting); None: the default
 
     def dedup_key(self, platform: str) -> str:
         return dedup_key(platform, self.source, self.attempt)
@@ -86,7 +87,7 @@ class AnswerFlow:
             turns = await question.turns()
             job = Job(turns=turns, params=question.params, platform=self.platform,
                       dedup_key=question.dedup_key(self.platform), system_prompt=question.system_prompt,
-                      user=f"{self.platform}:{question.user}")
+                      user=f"{self.platform}:{question.user}", model=question.model)
         except Exception:
             self.log.exception("the conversation of a question from user %s could not be read", question.user)
             await self._say_failed(target, None, None)
@@ -102,7 +103,7 @@ class AnswerFlow:
                 controls = self.controls(handle)
             else:
                 record = Answer(question.user, question.source, turns, question.system_prompt, job.id,
-                                attempt=question.attempt, handle=handle)
+                                attempt=question.attempt, handle=handle, model=question.model)
                 controls = AnswerButtons(record)
             opened = await target.open(Reply(_placeholder(handle), controls.live()))
             chain = MessageChain.of(opened.message_id, opened.shown) if opened.message_id else MessageChain([], [])
@@ -169,7 +170,7 @@ class AnswerFlow:
         continuing = press.action is Action.CONTINUE
         job = Job(turns=record.turns, platform=self.platform, system_prompt=record.system_prompt,
                   dedup_key=dedup_key(self.platform, record.source, attempt), user=f"{self.platform}:{record.asker}",
-                  prefill=record.text if continuing else "", resample=not continuing)
+                  prefill=record.text if continuing else "", resample=not continuing, model=record.model)
         handle = await self._submit(job, tell)
         if handle is None:
             return

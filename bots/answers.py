@@ -36,6 +36,7 @@ class Answer:
     stopped_by: str | None = None
     busy: bool = False  # a Regenerate or Continue is being started
     voted: set[str] = field(default_factory=set)  # who rated it (one vote each)
+    model: str | None = None  # the model that answers it (Regenerate and Continue ask the same one)
 
     def state(self) -> AnswerState:
         cut = isinstance(self.final, Done) and self.final.finish_reason == "length"

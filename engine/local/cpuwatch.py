@@ -9,12 +9,19 @@ processes' (``/proc/<pid>/stat``); the difference is what others use, and the re
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.replica.threads import CpuShare
+
+log = logging.getLogger("engbot.engine")
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+WATCH_EVERY_S = 1.0
 HOLD = 0.6  # cores other programs must keep busy (smoothed) before one CPU is left to them
 
 
@@ -91,3 +98,14 @@ class CpuWatch:
             self.others += 0.5 * (others_cores(self._last, sample) - self.others)
         self._last = sample or self._last
         return free_cpus(self.allowed, self.others)
+
+
+async def keep_watching(watch: CpuWatch, share: CpuShare, running: Callable[[], bool]) -> None:
+    """Once a second while ``running()``: tell the replicas how many CPUs other programs leave them."""
+    while running():
+        free = watch.update()
+        if free != share.cpus:
+            log.info("%d of %d CPUs free for the replicas (other programs keep %.1f busy)", free, watch.allowed,
+                     watch.others)
+            share.cpus = free
+        await asyncio.sleep(WATCH_EVERY_S)

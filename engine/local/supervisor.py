@@ -8,12 +8,13 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Protocol
 
 from engine.backends.base import ModelInfo
 from engine.config import EngineSettings
 from engine.errors import ModelFileError
+from engine.local.cpuwatch import CpuWatch, keep_watching
 from engine.local.router import all_down
 from engine.local.state import JobEntry, ManagedReplica
 from engine.metrics import EngineMetrics
@@ -49,17 +50,51 @@ class Dispatcher(Protocol):
         """Run a task the engine keeps track of (and waits for at shutdown)."""
 
 
+class CpuPool:
+    """This process's CPUs, shared by the replicas of every engine (several models: MODELS), for NUM_THREADS=auto.
+    Parent side: each engine reports how many of its replicas generate now and names its replica processes (the
+    CPU watch counts their time as ours); the replicas read ``share`` (how many generate in all, CPUs free)."""
+
+    def __init__(self, cpus: int) -> None:
+        self.share = CpuShare(cpus)
+        self._counts: dict[int, int] = {}
+        self._pids: list[Callable[[], Iterable[int]]] = []
+        self.watched = False  # one CPU watch per pool (the first engine started runs it)
+
+    def report(self, owner: object, busy: int) -> None:
+        self._counts[id(owner)] = busy
+        self.share.busy = sum(self._counts.values())
+
+    def add_replicas(self, pids: Callable[[], Iterable[int]]) -> None:
+        self._pids.append(pids)
+
+    def pids(self) -> Iterator[int]:
+        for pids in self._pids:
+            yield from pids()
+
+
 class Supervisor:
     """``NUM_WORKERS`` replica processes and their states."""
 
-    def __init__(self, settings: EngineSettings, metrics: EngineMetrics, engine: Dispatcher) -> None:
+    def __init__(self, settings: EngineSettings, metrics: EngineMetrics, engine: Dispatcher,
+                 cpu: CpuPool | None = None) -> None:
         self.settings, self.metrics, self.engine = settings, metrics, engine
-        self.share = CpuShare(settings.num_threads)  # replicas generating now, CPUs free (NUM_THREADS=auto)
+        self.cpu = cpu or CpuPool(settings.num_threads)
+        self.share = self.cpu.share  # replicas generating now, CPUs free (NUM_THREADS=auto)
         self.replicas = [ManagedReplica(ReplicaProcess(i, settings, share=self.share))
                          for i in range(settings.num_workers)]
+        self.cpu.add_replicas(lambda: (r.process.pid for r in self.replicas if r.process.pid))
         for replica in self.replicas:
             replica.process.on_death = functools.partial(self._on_death, replica)
         self.model_info: ModelInfo | None = None
+
+    def watch_cpus(self, running: Callable[[], bool]) -> None:
+        """NUM_THREADS=auto: leave the CPUs other programs keep busy to them, while ``running()`` (one watch for
+        every engine of the pool)."""
+        if not self.cpu.watched:
+            self.cpu.watched = True
+            watch = CpuWatch(self.settings.num_threads, self.cpu.pids)
+            self.engine.spawn(keep_watching(watch, self.share, running), "engbot-cpu-watch")
 
     def down(self) -> bool:
         """No replica can take a job now: every one failed its last start and waits before trying again."""
@@ -187,6 +222,19 @@ class Supervisor:
             replica.state = "stopped"
             replica.conversations.clear()
             self.engine.dispatch()
+
+    async def unload_idle(self) -> None:
+        """Stop every ready replica that has no job now (another model needs the memory)."""
+        idle = [r for r in self.replicas if r.state == "ready" and not r.jobs]
+        for replica in idle:
+            replica.cancel_timer()
+            replica.state = "stopping"
+        try:
+            await asyncio.gather(*(r.process.stop() for r in idle))
+        finally:
+            for replica in idle:
+                replica.state = "stopped"
+                replica.conversations.clear()
 
     def cancel_timers(self) -> None:
         for replica in self.replicas:
