@@ -35,12 +35,15 @@ def test_one_model_leaves_at_a_time_and_its_place_is_taken_by_one() -> None:
 
 
 def test_the_engines_of_several_models_share_one_count_of_busy_replicas() -> None:
-    from engine.local.supervisor import CpuShare
+    from engine.local.supervisor import CpuPool
 
-    share = CpuShare()
+    pool = CpuPool(2)
     fast, code = object(), object()
-    share.report(fast, 2)
-    share.report(code, 1)
-    assert share.counter.value == 3  # NUM_THREADS=auto: 3 replicas share the CPUs, whatever their model
-    share.report(fast, 0)
-    assert share.counter.value == 1
+    pool.report(fast, 2)
+    pool.report(code, 1)
+    assert pool.share.busy == 3  # NUM_THREADS=auto: 3 replicas share the CPUs, whatever their model
+    pool.report(fast, 0)
+    assert pool.share.busy == 1 and pool.share.cpus == 2
+    pool.add_replicas(lambda: [11, 12])
+    pool.add_replicas(lambda: [21])
+    assert list(pool.pids()) == [11, 12, 21]  # the CPU watch counts every model's replicas as this engine's
