@@ -49,11 +49,18 @@ class Stream:
     """One streaming answer: when its pieces arrived."""
 
     arrivals: list[float] = field(default_factory=list)
+    ended: float | None = None  # its last piece, once the answer is complete
 
     def longest_gap(self, start: float, end: float) -> float:
-        """The longest time with no piece, within [start, end] (counting from ``start`` to the first piece)."""
+        """The longest time with no piece, within [start, end] (counting from ``start`` to the first piece); an
+        answer that ended meanwhile counts up to its last piece (a finished answer is not a stalled one)."""
+        if self.ended is not None:
+            end = max(start, min(end, self.ended))
         times = [start, *(t for t in self.arrivals if start < t < end), end]
         return max(b - a for a, b in itertools.pairwise(times))
+
+    def end(self) -> None:
+        self.ended = self.arrivals[-1] if self.arrivals else None
 
     def gaps(self) -> list[float]:
         return [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
@@ -66,6 +73,7 @@ class Round:
     usual_gap_s: float
     doc_ttft_s: float
     doc_prompt_tokens: int
+    finished_first: int = 0  # streaming answers complete before the document's first token
 
 
 def questions(n: int) -> list[str]:
@@ -100,6 +108,7 @@ async def engbot_round(settings: EngineSettings, config: str, answers: int, doc:
                     streams[i].arrivals.append(time.perf_counter())
                     if all(s.arrivals for s in streams):
                         flowing.set()
+            streams[i].end()
 
         tasks = [asyncio.create_task(stream(i, q)) for i, q in enumerate(questions(answers))]
         await flowing.wait()
@@ -119,7 +128,8 @@ async def engbot_round(settings: EngineSettings, config: str, answers: int, doc:
 def _round(config: str, streams: list[Stream], arrived: float, first: float, prompt_tokens: int) -> Round:
     longest = max(s.longest_gap(arrived, first) for s in streams)
     usual = statistics.median(g for s in streams for g in s.gaps())
-    return Round(config, longest, usual, first - arrived, prompt_tokens)
+    done = sum(1 for s in streams if s.ended is not None and s.ended < first)
+    return Round(config, longest, usual, first - arrived, prompt_tokens, done)
 
 
 async def llama_stream(session: Any, url: str, messages: list[dict[str, str]], tokens: int, ignore_eos: bool,
@@ -158,9 +168,12 @@ async def llama_round(server: llama_server.Server, config: str, answers: int, do
                     flowing.set()
             return on
 
-        tasks = [asyncio.create_task(llama_stream(session, server.url, [system, {"role": "user", "content": q}],
-                                                  ANSWER_TOKENS, True, piece(i)))
-                 for i, q in enumerate(questions(answers))]
+        async def stream(i: int, question: str) -> None:
+            await llama_stream(session, server.url, [system, {"role": "user", "content": question}], ANSWER_TOKENS,
+                               True, piece(i))
+            streams[i].end()
+
+        tasks = [asyncio.create_task(stream(i, q)) for i, q in enumerate(questions(answers))]
         await flowing.wait()
         await asyncio.sleep(1.0)
         arrived = time.perf_counter()
@@ -193,7 +206,8 @@ async def run(rounds: int, answers: int, doc_tokens: int, engbot_configs: list[s
                         result = await llama_round(server, f"llama-server {config}".strip(), answers, doc)
                 print(f"round {r + 1}/{rounds} {result.config}: longest gap {result.longest_gap_s:.2f} s, usual "
                       f"{result.usual_gap_s * 1000:.0f} ms, document TTFT {result.doc_ttft_s:.2f} s "
-                      f"({result.doc_prompt_tokens} prompt tokens)", file=sys.stderr)
+                      f"({result.doc_prompt_tokens} prompt tokens; {result.finished_first} answers complete before it)",
+                      file=sys.stderr)
                 out.append(result)
     return out
 
@@ -209,8 +223,8 @@ def report(results: list[Round], argv: list[str], answers: int) -> list[str]:
         "then the document arrives).",
         "",
         "| configuration | rounds | longest gap while the document is read, s (median; per round) | usual gap, ms "
-        "| document TTFT, s (median; per round) | document prompt tokens |",
-        "|---|---|---|---|---|---|",
+        "| document TTFT, s (median; per round) | document prompt tokens | answers complete before it, per round |",
+        "|---|---|---|---|---|---|---|",
     ]
     for config in configs:
         mine = [r for r in results if r.config == config]
@@ -219,7 +233,8 @@ def report(results: list[Round], argv: list[str], answers: int) -> list[str]:
             f"{', '.join(f'{r.longest_gap_s:.2f}' for r in mine)} | "
             f"{statistics.median(r.usual_gap_s for r in mine) * 1000:.0f} | "
             f"**{statistics.median(r.doc_ttft_s for r in mine):.2f}**; "
-            f"{', '.join(f'{r.doc_ttft_s:.2f}' for r in mine)} | {mine[0].doc_prompt_tokens} |")
+            f"{', '.join(f'{r.doc_ttft_s:.2f}' for r in mine)} | {mine[0].doc_prompt_tokens} | "
+            f"{', '.join(str(r.finished_first) for r in mine)} |")
     return lines
 
 
