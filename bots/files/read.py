@@ -176,7 +176,8 @@ def _fit(item: FileText, budget: int) -> tuple[str, str]:
 
 
 def _fit_pdf(item: FileText, room: int) -> tuple[str, str]:
-    pages, kept, used = item.pages, [], 0
+    pages, used = item.pages, 0
+    kept: list[str] = []
     for text in item.parts:
         size = len(text.encode()) + (2 if kept else 0)  # (the blank line between pages)
         if used + size > room:
