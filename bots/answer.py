@@ -98,7 +98,7 @@ class AnswerFlow:
         """Answer ``question`` at ``target``; the final event, or None when no answer was started (a notice was
         given instead, or the question was a duplicate). Raises only what the target raised while accepting the
         question or giving a notice (the caller logs it)."""
-        if not await self._allowed(question.user, target.notice):
+        if not await self.admit(question.user, target.notice):
             return None
         if isinstance(target, Accepting):
             await target.accept()  # before anything that can wait: reading the thread, a submit over Redis
@@ -116,7 +116,7 @@ class AnswerFlow:
             self.log.exception("the conversation of a question from user %s could not be read", question.user)
             await self._say_failed(target, None, None)
             return None
-        submitted = await self._submit(job, target.notice)
+        submitted = await self.submit(job, target.notice)
         if submitted is None:
             return None
         handle = hide_thinking(submitted, question.thinking, self.thinking_tags, preamble=notes_block(asked.notes))
@@ -137,11 +137,11 @@ class AnswerFlow:
                 record.sink, record.chain = opened.sink, chain
                 self.answers.add(record)
             if opened.stream is not None:  # the platform's own streaming
-                final = await opened.stream.run(handle, chain, controls=controls, failure=self._failure(record),
+                final = await opened.stream.run(handle, chain, controls=controls, failure=self.failure_for(record),
                                                 stop=lambda: self._stopped_natively(job.id))
             else:
                 final = await stream_reply(handle, opened.sink, chain, self.style, controls=controls,
-                                           failure=self._failure(record))
+                                           failure=self.failure_for(record))
             if record is not None:
                 record.ended(final)
             return final
@@ -193,7 +193,7 @@ class AnswerFlow:
     async def _again(self, record: Answer, press: Press, tell: Tell) -> None:
         """Regenerate (another answer instead of this one) or Continue (go on where it was cut), in the same
         messages, as a new job that obeys the rate limit and the queue."""
-        if not await self._allowed(press.user, tell):
+        if not await self.admit(press.user, tell):
             return
         attempt = record.attempt + 1
         continuing = press.action is Action.CONTINUE
@@ -201,7 +201,7 @@ class AnswerFlow:
                   system_prompt=record.system_prompt, dedup_key=dedup_key(self.platform, record.source, attempt),
                   user=f"{self.platform}:{record.asker}", prefill=record.text if continuing else "",
                   resample=not continuing)
-        submitted = await self._submit(job, tell)
+        submitted = await self.submit(job, tell)
         if submitted is None:
             return
         handle = hide_thinking(submitted, record.thinking, self.thinking_tags,
@@ -231,7 +231,7 @@ class AnswerFlow:
                 await sink.edit(chain.ids[0], placeholder)
                 chain.shown[0] = placeholder
             final = await stream_reply(handle, sink, chain, self.style, controls=controls,
-                                       failure=self._failure(record))
+                                       failure=self.failure_for(record))
             record.ended(final)
         except Exception:
             self.log.exception("answering job %s failed", job.id[:8])
@@ -240,14 +240,16 @@ class AnswerFlow:
 
     # ---- shared steps ----
 
-    async def _allowed(self, user: str, tell: Tell) -> bool:
+    async def admit(self, user: str, tell: Tell) -> bool:
+        """Whether ``user`` is within the rate limit; if not, ``tell`` them how long to wait."""
         wait = self.limiter.check(user)
         if wait:
             self.log.info("user %s is over the rate limit", user)
             await tell(Messages.RATE_LIMITED.format(seconds=math.ceil(wait)))
         return not wait
 
-    async def _submit(self, job: Job, tell: Tell) -> JobHandle | None:
+    async def submit(self, job: Job, tell: Tell) -> JobHandle | None:
+        """Submit ``job``; None (and ``tell`` says why: busy, unavailable) when it was not taken."""
         try:
             return await self.submitter.submit(job)
         except DuplicateJob:
@@ -261,7 +263,8 @@ class AnswerFlow:
             await tell(Messages.FAILED)
         return None
 
-    def _failure(self, record: Answer | None) -> Callable[[Failed], str]:
+    def failure_for(self, record: Answer | None) -> Callable[[Failed], str]:
+        """The note a failed answer ends with (a Stop names who pressed it)."""
         def text(event: Failed) -> str:
             if event.kind is FailureKind.CANCELLED and record is not None and record.stopped_by is not None:
                 return Messages.STOPPED_BY.format(who=self.mention(record.stopped_by))

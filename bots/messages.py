@@ -44,7 +44,7 @@ class Messages:
     NOT_ALLOWED = "Sorry, I'm not allowed to answer here."
     MOVED = "_(This answer ran longer than this message can be edited: it continues below.)_"
     RETRACTED = "_(Part of an answer that was started again: the answer is above.)_"
-    NO_TEXT = "I can only read text: please type your question (files and images are not supported)."
+    NO_TEXT = "I can only read text, text files and PDFs: please type your question."
     CURSOR = " ▌"
     # Slack's assistant status under a thread ("engbot is thinking…"), while no text is shown yet
     STATUS_THINKING = "is thinking…"

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from bots.registry import PLATFORMS
+from engbot.doctor_channel import describe_channel_settings
 from engine.config import EngineSettings, mask
 from engine.errors import ConfigError, ModelFileError
 from engine.local import Engine
@@ -19,7 +20,7 @@ from engine.types import Done, GenParams, Job
 
 SETTING_PREFIXES = ("MODEL_", "LLM_", "NUM_", "LOAD_", "KEEP_", "QUEUE_", "GENERATION_", "MAX_", "TEMPERATURE",
                     "TOP_", "REPEAT_", "CONTEXT_", "PROMPT_", "SYSTEM_", "SEED", "REDIS_", "RATE_", "HTTP_", "LOG_",
-                    "SHUTDOWN_", *(p.env_prefix for p in PLATFORMS))
+                    "SHUTDOWN_", "ENGBOT_", "STATE_", "FILE_", "SHOW_", "THINKING_", *(p.env_prefix for p in PLATFORMS))
 
 
 def _line(label: str, value: object) -> None:
@@ -42,6 +43,7 @@ def doctor(environ: Mapping[str, str]) -> int:
         _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
         info = inspect_model(settings.model_path)
         settings = EngineSettings.from_environ(environ)
+        channels = describe_channel_settings(environ)
     except (ConfigError, ModelFileError) as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
@@ -59,6 +61,7 @@ def doctor(environ: Mapping[str, str]) -> int:
     _line("layout", settings.layout)
     _line("context", settings.context_length or "the model's own")
     _line("system prompt", repr(settings.system_prompt))
+    _line("channels", channels)
     return asyncio.run(_generate(replace(settings, num_workers=1, load_on_fly=False)))
 
 

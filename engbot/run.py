@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Mapping
 
+from bots.channels.lookup import ChannelSettings
 from bots.registry import Adapter, adapters_from_environ, setup_hint
 from engbot.http import make_app, serve
 from engbot.logs import setup_logging
@@ -32,12 +33,13 @@ def run(environ: Mapping[str, str]) -> int:
     app_settings = AppSettings.from_environ(environ)
     setup_logging(app_settings.log_level, app_settings.log_format)
     submitter = make_submitter(environ)
-    adapters = adapters_from_environ(environ, submitter)
+    channels = ChannelSettings.from_environ(environ)  # ENGBOT_CONFIG, personas (STATE_PATH or Redis), FILE_*...
+    adapters = adapters_from_environ(environ, submitter, channels)
     if not adapters:
         print(NO_ADAPTER, file=sys.stderr)
         return 2
     try:
-        return asyncio.run(serve_until_signal(submitter, adapters, app_settings))
+        return asyncio.run(serve_until_signal(submitter, adapters, app_settings, channels=channels))
     except AdapterStartError as exc:
         print(f"engbot: {exc}", file=sys.stderr)
         return 1
@@ -58,13 +60,18 @@ def make_submitter(environ: Mapping[str, str]) -> Submitter:
 
 
 async def serve_until_signal(submitter: Submitter, adapters: list[Adapter], app_settings: AppSettings,
-                             stop: asyncio.Event | None = None) -> int:
+                             stop: asyncio.Event | None = None, *, channels: ChannelSettings | None = None) -> int:
     """Start everything, wait for a signal (or ``stop``), then shut down in order: no new mentions, drain the
-    submitter for SHUTDOWN_GRACE_S (unfinished answers get a "restarting" reply), close the adapters."""
+    submitter for SHUTDOWN_GRACE_S (unfinished answers get a "restarting" reply), close the adapters. With
+    ``channels``, its settings file is reloaded on SIGHUP and whenever it changes."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher: asyncio.Task[None] | None = None
+    if channels is not None and channels.config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, channels.reload)
+        watcher = asyncio.create_task(channels.watch(), name="engbot-config-watch")
     runner = await serve(make_app(submitter, lambda: adapters), app_settings.http_host, app_settings.http_port)
     try:
         await submitter.start()
@@ -87,7 +94,12 @@ async def serve_until_signal(submitter: Submitter, adapters: list[Adapter], app_
             with contextlib.suppress(Exception):
                 await adapter.close()
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if channels is not None:
+            await channels.close()
     log.info("stopped")
     return 0

@@ -31,6 +31,7 @@ from aiohttp import WSMsgType, web
 
 from bots.messages import Messages
 from testkit.fake_slack_ai import FakeAiSurface
+from testkit.fake_slack_more import FakeSlackMore
 
 _CLOCK = itertools.count(1)  # one clock for every fake: message ts stay unique across tests (and engine dedup)
 
@@ -84,6 +85,7 @@ class FakeSlack:
         self._echoes: set[asyncio.Task[str]] = set()
         self.port = 0
         self.ai = FakeAiSurface(self)  # chat.*Stream, assistant.threads.*, and the AI surface's events
+        self.more = FakeSlackMore(self)  # files, slash commands, shortcuts
 
     # ---- lifecycle ----
 
@@ -91,6 +93,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link/", self._socket)
+        self.more.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -315,7 +318,7 @@ class FakeSlack:
         if failure is not None and not failure.acted:
             return self._failure(request, failure)
         name = "_" + method.replace(".", "_")
-        handler = getattr(self, name, None) or getattr(self.ai, name, None)
+        handler = getattr(self, name, None) or getattr(self.ai, name, None) or getattr(self.more, name, None)
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != expected:
             return web.json_response({"ok": False, "error": "invalid_auth" if token else "not_authed"})

@@ -18,10 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bots.answer import Unanswerable
 from bots.channels.config import ChannelConfig, Checks, ConfigFileError, load_config, persona_too_long
 from bots.channels.effective import Defaults, Effective, Persona, Place, resolve
 from bots.channels.store import MemoryPersonas, PersonaStore, RedisPersonas, SqlitePersonas, StoreError
 from bots.files.limits import FileLimits
+from bots.files.read import FileText, Incoming, Skipped, compose, read_files
+from bots.messages import Messages
 from bots.thinking import KNOWN_TAGS, show_thinking_from_environ, tags_from_environ
 from bots.tokens import BYTES_PER_TOKEN, ContextBudget, estimate_tokens
 from engine.config import EngineSettings, Env, QueueSettings
@@ -103,6 +106,16 @@ class ChannelSettings:
         tokens = self.budget.prompt_tokens(effective.params.max_new_tokens) - estimate_tokens(
             effective.system_prompt) - estimate_tokens(question)
         return max(0, tokens) * BYTES_PER_TOKEN
+
+    async def with_files(self, question: str, files: Sequence[Incoming], effective: Effective
+                         ) -> tuple[str, tuple[str, ...]]:
+        """The question with its files' text, within the context and the file limits, and a note for each file
+        cut or skipped. ``Unanswerable`` when no file could be read and there is no question either."""
+        read = await read_files(files, self.files)
+        if not question.strip() and not any(isinstance(r, FileText) for r in read):
+            notes = "\n".join("• " + f"{r.name}: {r.reason}" for r in read if isinstance(r, Skipped))
+            raise Unanswerable(f"{Messages.FILES_UNREADABLE}\n{notes}")
+        return compose(question, read, self.files_budget_bytes(effective, question))
 
     # ---- personas ----
 
