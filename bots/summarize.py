@@ -24,7 +24,7 @@ from bots.messages import Messages, failure_text
 from bots.presses import Action
 from bots.sink import Accepting, AnswerTarget, Control, Opened, Reply
 from bots.stream import MessageChain, stream_reply
-from bots.summary import PROMPT_FRAME, combine_prompt, group, part_prompt, split_parts, transcript
+from bots.summary import PROMPT_FRAME, combine_prompt, group, halve, part_prompt, split_parts, transcript
 from bots.thinking import ShowThinking, hide_thinking, split_thinking
 from bots.tokens import BYTES_PER_TOKEN, ContextBudget, estimate_tokens
 from engine.api import JobHandle
@@ -36,6 +36,10 @@ log = logging.getLogger("engbot.summaries")
 PARALLEL = 6  # part jobs submitted at once (more wait in our own list, not in the shared queue)
 MAX_ROUNDS = 6  # rounds of combining summaries (each at least halves them)
 PART_TOKENS = 200  # the longest a part's summary may be
+# The prompt of the last step (the whole thread, or all the summaries) streams into the placeholder as the answer
+# and cannot be halved and retried: it is planned with this share of the budget, as token counts are estimates
+# (digits and identifiers take more tokens a byte than prose).
+FINAL_SHARE = (2, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,16 @@ class SummaryRequest:
     params: GenParams
     budget: ContextBudget
     thinking: ShowThinking = "collapsed"
+
+
+class _Piece:
+    """Lines summarized by one job, and their summary once it is made."""
+
+    __slots__ = ("lines", "summary")
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.summary: str | None = None
 
 
 class _Stopped(Exception):
@@ -106,31 +120,32 @@ class Summaries:
             return None
         room = request.budget.prompt_tokens(request.params.max_new_tokens) - estimate_tokens(request.system_prompt)
         budget_bytes = max(256, room * BYTES_PER_TOKEN - PROMPT_FRAME)
+        final_bytes = budget_bytes * FINAL_SHARE[0] // FINAL_SHARE[1]
         part_params = replace(request.params, max_new_tokens=max(32, min(request.params.max_new_tokens,
                                                                           PART_TOKENS, room // 4)))
-        parts = split_parts(lines, budget_bytes)
+        whole = "\n".join(lines)
+        parts = [lines] if len(whole.encode()) <= final_bytes else split_parts(lines, budget_bytes)
         log.info("summary %s of %s: %d messages in %d parts", run_id[:8], request.source, len(lines), len(parts))
         try:
             if len(parts) == 1:
                 prompt = part_prompt(parts[0], 1, 1)
             else:
-                prompts = [part_prompt(p, k, len(parts)) for k, p in enumerate(parts, start=1)]
-                summaries = await self._run(prompts, request, part_params, running, stopped,
-                                            lambda done: progress.show(Messages.SUMMARY_PARTS.format(
-                                                parts=len(prompts), done=done)))
+                def parts_shown(done: int, total: int) -> Awaitable[None]:
+                    return progress.show(Messages.SUMMARY_PARTS.format(parts=total, done=done))
+
+                summaries = await self._run(parts, lambda p, k, n, first: part_prompt(p, k, n), request,
+                                            part_params, running, stopped, parts_shown)
                 for _ in range(MAX_ROUNDS):
-                    if len(combine_prompt(summaries).encode()) <= budget_bytes + PROMPT_FRAME or len(summaries) < 3:
+                    if len(combine_prompt(summaries).encode()) <= final_bytes + PROMPT_FRAME or len(summaries) < 3:
                         break
-                    groups, first, prompts = group(summaries, budget_bytes), 1, []
-                    for members in groups:
-                        prompts.append(combine_prompt(members, first))
-                        first += len(members)
                     combining = Messages.SUMMARY_COMBINING.format(count=len(summaries))
 
-                    async def show(done: int, text: str = combining) -> None:
+                    async def show(done: int, total: int, text: str = combining) -> None:
                         await progress.show(text)
 
-                    summaries = await self._run(prompts, request, part_params, running, stopped, show)
+                    summaries = await self._run(group(summaries, budget_bytes),
+                                                lambda p, k, n, first: combine_prompt(p, first), request,
+                                                part_params, running, stopped, show)
                 await progress.show(Messages.SUMMARY_COMBINING.format(count=len(summaries)), force=True)
                 prompt = combine_prompt(summaries)
         except _Stopped:
@@ -141,21 +156,27 @@ class Summaries:
             return ended.event
         return await self._final(prompt, request, record, opened, progress)
 
-    async def _run(self, prompts: Sequence[str], request: SummaryRequest, params: GenParams,
-                   running: dict[str, JobHandle], stopped: asyncio.Event,
-                   shown: Callable[[int], Awaitable[None]]) -> list[str]:
-        """Run one job a prompt, at most ``parallel`` submitted at once; their answers in order. Raises
-        ``_Stopped`` (Stop pressed) or ``_Ended`` (a part failed, or the queue stayed full)."""
-        results: list[str | None] = [None] * len(prompts)
-        waiting = list(range(len(prompts)))
-        tasks: dict[asyncio.Task[Done | Failed], tuple[int, JobHandle]] = {}
-        await shown(0)
+    async def _run(self, pieces: Sequence[list[str]], render: Callable[[list[str], int, int, int], str],
+                   request: SummaryRequest, params: GenParams, running: dict[str, JobHandle],
+                   stopped: asyncio.Event, shown: Callable[[int, int], Awaitable[None]]) -> list[str]:
+        """Summarize each piece (its lines: transcript lines or summaries) with a job of its own, at most
+        ``parallel`` submitted at once; their summaries in order. ``render(lines, k, n, first)`` makes piece k of
+        n's prompt (``first``: the number of its first line in the whole). The byte budget is an estimate: a piece
+        the engine finds too long for the context is halved and its halves run instead. Raises ``_Stopped`` (Stop
+        pressed) or ``_Ended`` (a part failed, or the queue stayed full)."""
+        order = [_Piece(list(lines)) for lines in pieces]
+        waiting = list(order)
+        tasks: dict[asyncio.Task[Done | Failed], tuple[_Piece, JobHandle]] = {}
+        await shown(0, len(order))
         try:
             while waiting or tasks:
                 if stopped.is_set():
                     raise _Stopped
                 while waiting and len(tasks) < self.parallel:
-                    job = Job(turns=(Turn("user", prompts[waiting[0]]),), params=params,
+                    piece = waiting[0]
+                    at = order.index(piece)
+                    first = 1 + sum(len(p.lines) for p in order[:at])
+                    job = Job(turns=(Turn("user", render(piece.lines, at + 1, len(order), first)),), params=params,
                               system_prompt=request.system_prompt, platform=self.flow.platform,
                               user=f"{self.flow.platform}:{request.user}")
                     try:
@@ -170,19 +191,30 @@ class Summaries:
                     tasks[asyncio.ensure_future(handle.result())] = (waiting.pop(0), handle)
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    index, handle = tasks.pop(task)
+                    piece, handle = tasks.pop(task)
                     running.pop(handle.job.id, None)
                     event = task.result()
                     if isinstance(event, Failed):
-                        raise _Stopped if stopped.is_set() or event.kind is FailureKind.CANCELLED else _Ended(event)
-                    results[index] = split_thinking(event.text, self.flow.thinking_tags)[1].strip() or "(nothing)"
-                await shown(sum(r is not None for r in results))
+                        if stopped.is_set() or event.kind is FailureKind.CANCELLED:
+                            raise _Stopped
+                        halves = halve(piece.lines) if event.kind is FailureKind.PROMPT_TOO_LONG else None
+                        if halves is None:
+                            raise _Ended(event)
+                        log.info("a part of %s was too long for the context: summarizing it in %d pieces",
+                                 request.source, len(halves))
+                        smaller = [_Piece(h) for h in halves]
+                        at = order.index(piece)
+                        order[at:at + 1] = smaller
+                        waiting[0:0] = smaller
+                        continue
+                    piece.summary = split_thinking(event.text, self.flow.thinking_tags)[1].strip() or "(nothing)"
+                await shown(sum(p.summary is not None for p in order), len(order))
         finally:
             for task, (_, handle) in tasks.items():
                 handle.cancel()
                 task.cancel()
             running.clear()
-        return [r or "" for r in results]
+        return [p.summary or "" for p in order]
 
     async def _final(self, prompt: str, request: SummaryRequest, record: Answer, opened: Opened,
                      progress: _Progress) -> Done | Failed | None:

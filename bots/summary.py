@@ -79,3 +79,15 @@ def group(summaries: Sequence[str], budget_bytes: int) -> list[list[str]]:
         out.append(list(summaries[start:start + size]))
         start += size
     return out
+
+
+def halve(lines: Sequence[str], smallest: int = 64) -> list[list[str]] | None:
+    """``lines`` in two halves (by count), or one line cut to half its bytes (and marked); None when a single line
+    is already no longer than ``smallest`` bytes. For a part the engine found too long for the context."""
+    if len(lines) >= 2:
+        middle = len(lines) // 2
+        return [list(lines[:middle]), list(lines[middle:])]
+    if not lines or len(lines[0].encode()) <= smallest:
+        return None
+    line = lines[0].removesuffix(CUT)
+    return [[cut_to_bytes(line, len(line.encode()) // 2) + CUT]]

@@ -110,6 +110,8 @@ class ThinkingSplitter:
         return [("answer", text)] if text else []
 
     def _thinking(self, text: str, out: list[Part]) -> list[Part]:
+        if not self.thinking:
+            text = text.lstrip()  # (the line break after the opening marker)
         if text:
             self.thinking += text
             out.append(("thinking", text))

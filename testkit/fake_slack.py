@@ -197,17 +197,19 @@ class FakeSlack:
                                 "is_bot": True, "is_enterprise_install": False}],
         }
 
-    async def push(self, event: dict[str, Any], *, retry_attempt: int = 0) -> str:
+    async def push(self, event: dict[str, Any], *, retry_attempt: int = 0, socket: int = -1) -> str:
         """Send an event on the socket; returns its envelope id."""
         envelope = self.envelope(event, retry_attempt=retry_attempt)
-        await self.push_raw(json.dumps(envelope), envelope["envelope_id"])
+        await self.push_raw(json.dumps(envelope), envelope["envelope_id"], socket=socket)
         return str(envelope["envelope_id"])
 
-    async def push_raw(self, text: str, envelope_id: str | None = None) -> None:
+    async def push_raw(self, text: str, envelope_id: str | None = None, *, socket: int = -1) -> None:
+        """Send ``text`` on the newest socket, or on the ``socket``-th opened: Slack spreads an app's events over
+        its open connections (one a host when several ``engbot run`` share an app)."""
         await asyncio.wait_for(self._socket_ready.wait(), 10)
         if envelope_id is not None:
             self.pushed[envelope_id] = time.monotonic()
-        await self._sockets[-1].send_str(text)
+        await self._sockets[socket].send_str(text)
 
     async def press(self, message_ts: str, action_id: str, *, user: str = "U0001", channel: str = "C0001",
                     value: str | None = None, stale: bool = False) -> str:
@@ -482,8 +484,10 @@ class FakeSlack:
 
 
 def _is_interim(text: str) -> bool:
-    return text.endswith(Messages.CURSOR) or text == Messages.THINKING or text.startswith(
-        Messages.QUEUED.split("{")[0])
+    """A placeholder, a streaming message, or a summary's progress."""
+    return text.endswith(Messages.CURSOR) or text.startswith(tuple(
+        t.split("{")[0] for t in (Messages.QUEUED, Messages.THINKING, Messages.SUMMARY_READING,
+                                  Messages.SUMMARY_PARTS, Messages.SUMMARY_COMBINING)))
 
 
 def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:

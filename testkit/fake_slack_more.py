@@ -2,7 +2,8 @@
 
 - ``upload`` keeps a file and gives the ``files[]`` object a message event carries (Slack Connect files: only
   ``file_access: check_file_info``). ``files.info`` answers with the whole object; ``url_private_download`` serves
-  the bytes to a request with the bot token, and Slack's HTML sign-in page (status 200) to any other.
+  the bytes to a request with the bot token, and Slack's HTML sign-in page (status 200) to any other, or to every
+  request when the app lacks the ``files:read`` scope (``files_read = False``).
 - ``slash`` sends a ``slash_commands`` envelope; what the app answers through the ``response_url`` is kept in
   ``responses``.
 - ``shortcut`` sends a message shortcut (``message_action``) on one of a channel's messages.
@@ -32,6 +33,7 @@ class FakeSlackMore:
         self.data: dict[str, bytes] = {}  # id -> its bytes
         self.downloads: list[tuple[str, bool]] = []  # (file id, with the bot token)
         self.responses: list[dict[str, Any]] = []  # what came to response URLs, with "response_url"
+        self.files_read = True  # the app has the files:read scope (False: Slack refuses it its files)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/files-pri/{team}-{file}/download/{name}", self._download)
@@ -57,6 +59,8 @@ class FakeSlackMore:
         return dict(whole)
 
     async def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not self.files_read:
+            return {"ok": False, "error": "missing_scope", "needed": "files:read", "provided": "chat:write"}
         found = self.files.get(str(args.get("file")))
         if found is None:
             return {"ok": False, "error": "file_not_found"}
@@ -64,7 +68,7 @@ class FakeSlackMore:
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["file"]
-        authorized = request.headers.get("Authorization") == f"Bearer {self.slack.bot_token}"
+        authorized = request.headers.get("Authorization") == f"Bearer {self.slack.bot_token}" and self.files_read
         self.downloads.append((file_id, authorized))
         self.slack.changed()
         if not authorized or file_id not in self.data:
@@ -74,8 +78,8 @@ class FakeSlackMore:
     # ---- slash commands and shortcuts ----
 
     async def slash(self, text: str, *, user: str = "U0001", channel: str = "C0001",
-                    command: str = "/engbot") -> str:
-        """Run a slash command; returns the envelope id."""
+                    command: str = "/engbot", socket: int = -1) -> str:
+        """Run a slash command (sent on the ``socket``-th connection); returns the envelope id."""
         payload = {"token": "verification-token", "team_id": self.slack.team_id, "team_domain": "fake",
                    "channel_id": channel, "channel_name": "directmessage" if channel.startswith("D") else "general",
                    "user_id": user, "user_name": user.lower(), "command": command, "text": text,
@@ -84,7 +88,8 @@ class FakeSlackMore:
                    "trigger_id": f"{next(_IDS)}.{uuid.uuid4().hex}"}
         envelope_id = str(uuid.uuid4())
         await self.slack.push_raw(json.dumps({"envelope_id": envelope_id, "type": "slash_commands",
-                                              "accepts_response_payload": True, "payload": payload}), envelope_id)
+                                              "accepts_response_payload": True, "payload": payload}), envelope_id,
+                                  socket=socket)
         return envelope_id
 
     async def shortcut(self, message_ts: str, *, callback_id: str = "engbot_summarize", user: str = "U0001",

@@ -149,7 +149,7 @@ def _footer(item: FileText) -> str:
 
 
 def _full(item: FileText) -> str:
-    return _header(item, len(item.parts)) + "\n\n".join(item.parts) + _footer(item)
+    return _header(item, len(item.parts)) + "\n\n".join(p.strip("\n") for p in item.parts) + _footer(item)
 
 
 def _fit(item: FileText, budget: int) -> tuple[str, str]:
@@ -158,7 +158,7 @@ def _fit(item: FileText, budget: int) -> tuple[str, str]:
     room = budget - frame
     if item.kind == "pdf":
         return _fit_pdf(item, room)
-    text = item.parts[0]
+    text = item.parts[0].strip("\n")
     if len(text.encode()) <= room:
         return _header(item) + text + _footer(item), ""
     if room < 200:
@@ -178,7 +178,7 @@ def _fit(item: FileText, budget: int) -> tuple[str, str]:
 def _fit_pdf(item: FileText, room: int) -> tuple[str, str]:
     pages, used = item.pages, 0
     kept: list[str] = []
-    for text in item.parts:
+    for text in (p.strip("\n") for p in item.parts):
         size = len(text.encode()) + (2 if kept else 0)  # (the blank line between pages)
         if used + size > room:
             break

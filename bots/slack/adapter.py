@@ -363,7 +363,8 @@ class SlackAdapter:
                 question, notes = prompt, tuple[str, ...]()
                 if files:
                     assert self.downloads is not None
-                    question, notes = await self.channels.with_files(prompt, self.downloads.incoming(files), effective)
+                    incoming = await self.downloads.incoming(files)
+                    question, notes = await self.channels.with_files(prompt, incoming, effective)
                 return Asked(thread_turns(read or [], message, question, me, allowed_users=self.settings.allowed_users,
                                           max_chars=effective.history_chars), notes)
 

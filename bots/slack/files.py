@@ -6,7 +6,7 @@ without a valid token with its HTML sign-in page (status 200): that is taken as 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,11 +64,24 @@ class SlackDownloads:
         self.client, self.session, self.token = client, session, token
         self.api_host = urlsplit(api_url).hostname or ""
 
-    def incoming(self, files: Sequence[SlackFile]) -> list[Incoming]:
-        return [Incoming(f.name, f.size, f.mimetype, self._fetcher(f)) for f in files]
+    async def incoming(self, files: Sequence[SlackFile]) -> list[Incoming]:
+        """The files as ``bots.files`` reads them; those the event names only by id are looked up first
+        (``files.info``), so their names and sizes are known before any download."""
+        out = []
+        for file in files:
+            failed: FetchError | None = None
+            if file.check_info:
+                try:
+                    file = await self._info(file)
+                except FetchError as exc:
+                    failed = exc
+            out.append(Incoming(file.name, file.size, file.mimetype, self._fetcher(file, failed)))
+        return out
 
-    def _fetcher(self, file: SlackFile) -> Any:
+    def _fetcher(self, file: SlackFile, failed: FetchError | None = None) -> Callable[[int], Awaitable[bytes]]:
         async def fetch(max_bytes: int) -> bytes:
+            if failed is not None:
+                raise failed
             return await self.fetch(file, max_bytes)
 
         return fetch
@@ -122,8 +135,7 @@ class SlackDownloads:
         parsed = SlackFile.parse(item) if isinstance(item, Mapping) else None
         if parsed is None:
             raise FetchError("Slack did not say where to download it")
-        return parsed if parsed.name != parsed.id else SlackFile(parsed.id, file.name, parsed.mimetype, parsed.size,
-                                                                parsed.url, parsed.mode)
+        return parsed
 
     def _trusted(self, url: str) -> bool:
         host = urlsplit(url).hostname or ""

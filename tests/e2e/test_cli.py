@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from bots.channels.effective import Persona
+from bots.channels.store import SqlitePersonas
 from testkit.ggml import write_gpt_neox_ggml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +81,31 @@ def test_run_with_a_rejected_or_unreachable_slack_says_so(tmp_path: Path) -> Non
     assert "slack could not connect" in proc.stderr and "xoxb-1-2-x" not in proc.stderr
     proc = engbot("run", cwd=tmp_path, env={**env, "SLACK_BOT_TOKEN": "bad-token"})
     assert proc.returncode == 2 and "SLACK_BOT_TOKEN" in proc.stderr
+
+
+def test_doctor_channel_shows_what_a_channel_gets_and_where_it_comes_from(tmp_path: Path) -> None:
+    config = tmp_path / "engbot.toml"
+    config.write_text('[defaults]\ntemperature = 0.3\n\n[slack.channel.C0123ABCD]\nmax_new_tokens = 100\n'
+                      'allowed_users = ["U0123ABCD"]\n')
+    state = tmp_path / "state.db"
+    store = SqlitePersonas(state)
+    store.open()
+    asyncio.run(store.put("slack", "C0123ABCD", Persona("You are a pirate.", "U0ADMIN", 1_700_000_000.0)))
+    env = {"ENGBOT_CONFIG": str(config), "STATE_PATH": str(state), "SLACK_BOT_TOKEN": "xoxb-1-2-secret"}
+    proc = engbot("doctor", "--channel", "C0123ABCD", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = {line[2:20].strip(): line[20:].strip() for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert shown["system prompt"] == "'You are a pirate.'   (persona set by U0ADMIN)"
+    assert shown["temperature"] == f"0.3   ([defaults] in {config}:2)"
+    assert shown["max new tokens"] == f"100   ([slack.channel.C0123ABCD] in {config}:5)"
+    assert shown["allowed users"].startswith("U0123ABCD") and shown["persona set"].startswith("2023-11-14")
+    assert proc.stdout.rstrip().endswith("OK")
+    assert "secret" not in proc.stdout
+
+    other = engbot("doctor", "--channel", "C0999", cwd=tmp_path, env=env)  # no persona, no table of its own
+    assert other.returncode == 0 and "(SYSTEM_PROMPT)" in other.stdout and "everyone" in other.stdout
+
+    config.write_text('[slack.channel.C0123ABCD]\nmax_new_tokens = 100\ntemperature = "warm"\n')
+    bad = engbot("doctor", "--channel", "C0123ABCD", cwd=tmp_path, env=env)
+    assert bad.returncode == 2
+    assert f"{config}:3: slack.channel.C0123ABCD.temperature: expected a number from 0 to 5" in bad.stderr

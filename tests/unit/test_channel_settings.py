@@ -3,6 +3,7 @@ personas set by admins only and stored in SQLite, and the file reloaded only whe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -191,3 +192,18 @@ def test_a_changed_file_is_reloaded_and_a_bad_one_keeps_the_settings(tmp_path: P
     assert f"{path}:2: defaults.temperature" in caplog.text and "keeping the settings loaded before" in caplog.text
     assert resolve(settings.config, DEFAULTS, place).params.temperature == 0.5
     assert not settings.reload(force=False)  # the bad file is not read again until it changes
+
+
+async def test_the_watch_reloads_a_file_whose_modification_time_changed(tmp_path: Path) -> None:
+    path = write(tmp_path, "[defaults]\ntemperature = 0.1\n")
+    settings = ChannelSettings(defaults=DEFAULTS, config_path=path, poll_s=0.02)
+    watch = asyncio.create_task(settings.watch())
+    path.write_text("[defaults]\ntemperature = 0.7\n")
+    os.utime(path, ns=(settings.config.mtime_ns + 10**9, settings.config.mtime_ns + 10**9))
+    for _ in range(200):
+        if settings.reloads:
+            break
+        await asyncio.sleep(0.02)
+    watch.cancel()
+    assert settings.reloads == 1
+    assert resolve(settings.config, DEFAULTS, Place("slack", "C01")).params.temperature == 0.7

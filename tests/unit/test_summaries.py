@@ -12,13 +12,13 @@ from bots.messages import Messages
 from bots.presses import Action, Press
 from bots.stream import StreamStyle
 from bots.summarize import Summaries, SummaryRequest
-from bots.summary import combine_prompt, group, part_prompt, split_parts, transcript
+from bots.summary import combine_prompt, group, halve, part_prompt, split_parts, transcript
 from bots.tokens import ContextBudget
 from engine.api import JobHandle
 from engine.errors import QueueFull
 from engine.types import Done, Failed, FailureKind, GenParams, Job
 from testkit.memory_sink import MemoryTarget
-from testkit.scripted import ScriptedEngine, answer
+from testkit.scripted import ScriptedEngine, answer, started
 
 STYLE = StreamStyle(limit=2000, edit_interval_s=0.0)
 
@@ -126,3 +126,43 @@ async def test_the_rate_limit_counts_a_summary_once_and_an_empty_thread_says_so(
     assert target.notices and target.notices[-1].startswith("You're asking faster")
     empty = await Summaries(AnswerFlow("test", engine, RateLimiter(0, 60), STYLE)).summarize(request(0), target)
     assert empty is None and Messages.SUMMARY_EMPTY in target.sink.messages.values()
+
+
+class StrictTokenizer(ScriptedEngine):
+    """Refuses, as the engine does, a prompt longer than the context by its own count (here two bytes a token,
+    where the adapters estimate three: a thread of numbers and identifiers)."""
+
+    def __init__(self, context_tokens: int) -> None:
+        super().__init__(answer("Part summary."), delay_s=0.005)
+        self.context_tokens = context_tokens
+
+    async def submit(self, job: Job) -> JobHandle:
+        tokens = len(job.turns[-1].content.encode()) // 2
+        if tokens > self.context_tokens:
+            self.scripts.append([started(), Failed(FailureKind.PROMPT_TOO_LONG, f"about {tokens} tokens")])
+        return await super().submit(job)
+
+
+async def test_a_part_the_engine_finds_too_long_is_halved_and_nothing_is_lost() -> None:
+    engine, target = StrictTokenizer(context_tokens=1024 - 64 - 64), MemoryTarget()
+    flow = AnswerFlow("test", engine, RateLimiter(0, 60), STYLE)
+    final = await Summaries(flow).summarize(request(200), target)
+    assert isinstance(final, Done) and final.text == "Part summary."
+    refused = [j for j, h in zip(engine.jobs, engine.handles, strict=True)
+               if isinstance(h.final, Failed) and h.final.kind is FailureKind.PROMPT_TOO_LONG]
+    answered = [j for j, h in zip(engine.jobs, engine.handles, strict=True)
+                if isinstance(h.final, Done) and "Here is part" in j.turns[0].content]
+    assert refused and len(answered) > len(refused)
+    said = [line for j in answered for line in j.turns[0].content.split("\n") if line.startswith("User")]
+    expected = [line for line in transcript(thread(200)) if line.startswith("User")]
+    assert sorted(said, key=expected.index) == expected  # each message in one part, none lost or repeated
+    combined = [j.turns[0].content for j in engine.jobs if "Here are summaries" in j.turns[0].content]
+    assert sum(text.count("\nPart ") + text.startswith("Part ") for text in combined) >= len(answered)
+
+
+def test_halving_splits_lines_then_cuts_a_lone_line_and_stops_when_small() -> None:
+    assert halve(["a", "b", "c"]) == [["a"], ["b", "c"]]
+    (cut,) = halve(["x" * 200])  # type: ignore[misc]
+    assert cut == ["x" * 100 + " […]"]
+    assert halve(cut) == [["x" * 50 + " […]"]]  # the mark is not counted twice
+    assert halve(["short"]) is None and halve([]) is None
