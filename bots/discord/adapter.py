@@ -90,7 +90,8 @@ class _Client(discord.Client):
             log.error("could not register the commands (%s): was the bot invited with the applications.commands "
                       "scope?", exc)
         else:
-            log.info("registered %s in %s", ", ".join("/" + c.name for c in commands),
+            log.info("registered %s in %s", ", ".join(("/" if c.type is discord.AppCommandType.chat_input else "")
+                                                      + c.name for c in commands),
                      f"server {guild.id}" if guild else "every server (may take up to an hour to appear)")
 
     async def on_ready(self) -> None:
