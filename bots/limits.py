@@ -69,6 +69,11 @@ class Recent(Generic[K, V]):
         item = self._items.get(key)
         return None if item is None else item[1]
 
+    def values(self) -> list[V]:
+        """What is kept (not expired), oldest first."""
+        self._expire()
+        return [value for _, value in self._items.values()]
+
     def put(self, key: K, value: V) -> None:
         self._items.pop(key, None)
         self._items[key] = (self._clock() + self.ttl_s, value)

@@ -29,6 +29,8 @@ if [ ${#tags[@]} -eq 0 ]; then
 fi
 
 docker_cli=${DOCKER:-docker}
+# The Dockerfile needs BuildKit (RUN --mount=type=cache): the default since Docker 23; older Docker needs this
+export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-1}
 args=(build -f "$root/Dockerfile")
 for t in "${tags[@]}"; do args+=(-t "$t"); done
 [ -z "${LLAMA_CMAKE_ARGS:-}" ] || args+=(--build-arg "LLAMA_CMAKE_ARGS=$LLAMA_CMAKE_ARGS")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from engine.config import EngineSettings, load_environ
@@ -22,7 +26,10 @@ EXIT_CONFIG = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engbot", description="A Slack and Discord bot answering with a local LLM.")
-    parser.add_argument("--env-file", default=".env", help="settings file read under the environment (default .env)")
+    parser.add_argument("--version", action="version", version=f"engbot {_version()}")
+    parser.add_argument("--env-file", help="settings file read under the environment (default: .env, if there is one)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="ask, chat, doctor: show log lines at LOG_LEVEL too (else warnings and errors only)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer one question on the configured model, streamed to the terminal")
@@ -41,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", default="docs/benchmarks.md")
 
     args = parser.parse_args(argv)
-    environ = load_environ(args.env_file)
+    if args.env_file is not None and not Path(args.env_file).is_file():
+        print(f"engbot: --env-file {args.env_file}: no such file", file=sys.stderr)
+        return EXIT_CONFIG
+    environ = load_environ(args.env_file or ".env")
     commands: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
         "ask": _ask, "chat": _chat, "doctor": _doctor, "run": _run, "worker": _worker, "bench": _bench,
     }
@@ -60,31 +70,62 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("engbot")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+# each option stands for a setting, and is checked as that setting is
+FLAGS = {"max_tokens": ("--max-tokens", "MAX_NEW_TOKENS"), "temperature": ("--temperature", "TEMPERATURE"),
+         "seed": ("--seed", "SEED"), "system": ("--system", "SYSTEM_PROMPT")}
+
+
 def _gen_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, help="override MAX_NEW_TOKENS")
-    p.add_argument("--temperature", type=float, help="override TEMPERATURE (0 = greedy)")
-    p.add_argument("--seed", type=int, help="override SEED")
+    p.add_argument("--max-tokens", help="override MAX_NEW_TOKENS")
+    p.add_argument("--temperature", help="override TEMPERATURE (0 = greedy)")
+    p.add_argument("--seed", help="override SEED")
     p.add_argument("--system", help="override SYSTEM_PROMPT")
 
 
-def _quiet(environ: Mapping[str, str]) -> None:
-    """Interactive commands print answers, not log lines, unless LOG_LEVEL asks for them."""
+def _quiet(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Interactive commands print answers, not log lines: warnings and errors only, unless ``--verbose``."""
     from engbot.logs import setup_logging
+    from engbot.settings import LogSettings
 
-    level = environ.get("LOG_LEVEL", "WARNING")
-    os.environ.setdefault("LOG_LEVEL", level)  # the replica processes read it
-    setup_logging(level, environ.get("LOG_FORMAT", "text"))
+    logs = LogSettings.from_environ(environ)  # checked as `engbot run` checks it
+    level = logs.level if args.verbose else "warning"
+    os.environ["LOG_LEVEL"] = level  # the replica processes read it
+    setup_logging(level, logs.format)
 
 
 def _cli_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[EngineSettings, GenParams]:
+    overrides = {setting: str(value) for option, (_, setting) in FLAGS.items()
+                 if (value := getattr(args, option, None)) is not None}
+    try:
+        settings = EngineSettings.from_environ({**environ, **overrides})
+    except ConfigError as exc:
+        flag = next((f for f, setting in FLAGS.values() if setting == exc.name and setting in overrides), None)
+        if flag is None:
+            raise
+        raise ConfigError(flag, exc.value, exc.allowed) from None
     # one conversation at a time: one replica is enough, and starts fastest
-    settings = replace(EngineSettings.from_environ(environ), num_workers=1)
-    if args.system is not None:
-        settings = replace(settings, system_prompt=args.system)
-    params = settings.defaults
-    overrides = {k: v for k, v in (("max_new_tokens", args.max_tokens), ("temperature", args.temperature),
-                                   ("seed", args.seed)) if v is not None}
-    return settings, replace(params, **overrides)  # type: ignore[arg-type]
+    return replace(settings, num_workers=1), settings.defaults
+
+
+@asynccontextmanager
+async def _engine(settings: EngineSettings) -> AsyncIterator[Engine]:
+    """An engine for an interactive command: whatever ends the command (Ctrl-C too) stops it at once, without
+    the SHUTDOWN_GRACE_S a bot gives its users' answers."""
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        yield engine
+    finally:
+        await engine.stop(grace_s=0)
 
 
 async def _stream(engine: Engine, job: Job, out: Any = sys.stdout) -> Done | Failed:
@@ -98,14 +139,17 @@ async def _stream(engine: Engine, job: Job, out: Any = sys.stdout) -> Done | Fai
             print(f"[{event.dropped_turns} oldest messages left out to fit the context]", file=sys.stderr)
         elif isinstance(event, Done | Failed):
             out.write("\n")
+            out.flush()
             if isinstance(event, Failed):
                 print(f"engbot: {event.reason}", file=sys.stderr)
+            elif event.finish_reason == "length":
+                print(f"[cut at {event.completion_tokens} tokens: --max-tokens or MAX_NEW_TOKENS]", file=sys.stderr)
             return event
     raise AssertionError("unreachable")
 
 
 def _ask(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    _quiet(environ)
+    _quiet(args, environ)
     settings, params = _cli_settings(args, environ)
     question = " ".join(args.question).strip()
     if not question:
@@ -113,7 +157,7 @@ def _ask(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_CONFIG
 
     async def go() -> int:
-        async with Engine(settings) as engine:
+        async with _engine(settings) as engine:
             result = await _stream(engine, Job.ask(question, params=params))
             return 0 if isinstance(result, Done) else 1
 
@@ -121,17 +165,17 @@ def _ask(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    _quiet(environ)
+    _quiet(args, environ)
     settings, params = _cli_settings(args, environ)
 
     async def go() -> int:
         history: list[Turn] = []
-        async with Engine(settings) as engine:
+        async with _engine(settings) as engine:
             print("engbot chat: type a message; /reset forgets the conversation, /exit or Ctrl-D quits.",
                   file=sys.stderr)
             while True:
                 try:
-                    line = await asyncio.to_thread(input, "> ")
+                    line = await _input("> ")
                 except EOFError:
                     print(file=sys.stderr)
                     return 0
@@ -154,10 +198,36 @@ def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return asyncio.run(go())
 
 
+async def _input(prompt: str) -> str:
+    """``input(prompt)`` in a daemon thread: Ctrl-C ends the command at once, where a thread of the default executor
+    would keep the process until the line was typed."""
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+
+    def settle(result: str, error: BaseException | None) -> None:
+        if line.done():
+            return
+        if error is not None:
+            line.set_exception(error)
+        else:
+            line.set_result(result)
+
+    def read() -> None:
+        try:
+            result, error = input(prompt), None
+        except BaseException as exc:  # EOFError, mostly
+            result, error = "", exc
+        with contextlib.suppress(RuntimeError):  # the command ended meanwhile: its loop is closed
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=read, name="engbot-input", daemon=True).start()
+    return await line
+
+
 def _doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from engbot.doctor import doctor
 
-    _quiet(environ)
+    _quiet(args, environ)
     if args.channel:
         from engbot.doctor_channel import channel_report
 

@@ -11,20 +11,18 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from bots.registry import PLATFORMS
-from engbot.doctor_channel import describe_channel_settings
+from engbot.doctor_channel import describe_channels
+from engbot.run import web_access
+from engbot.settings import RunSettings, check_settings, is_setting
 from engine.config import EngineSettings, mask
 from engine.errors import ConfigError, ModelFileError
 from engine.local import Engine
 from engine.modelfile import inspect_model
 from engine.types import Done, GenParams, Job
 
-SETTING_PREFIXES = ("MODEL_", "LLM_", "NUM_", "LOAD_", "KEEP_", "QUEUE_", "GENERATION_", "MAX_", "TEMPERATURE",
-                    "TOP_", "REPEAT_", "CONTEXT_", "PROMPT_", "SYSTEM_", "SEED", "REDIS_", "RATE_", "HTTP_", "LOG_",
-                    "SHUTDOWN_", "ENGBOT_", "STATE_", "FILE_", "SHOW_", "THINKING_", *(p.env_prefix for p in PLATFORMS))
-
 
 def _line(label: str, value: object) -> None:
-    print(f"  {label:<22} {value}")
+    print(f"  {label:<26} {value}")
 
 
 def doctor(environ: Mapping[str, str]) -> int:
@@ -33,17 +31,22 @@ def doctor(environ: Mapping[str, str]) -> int:
 
     print(f"engbot doctor (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)")
     print("settings from the environment and .env:")
-    for name in sorted(k for k in environ if k.startswith(SETTING_PREFIXES)):
+    for name in sorted(k for k in environ if is_setting(k)):
         _line(name, mask(name, environ[name]))
     flags = cpu_flags()
     print("CPU:")
     _line("instruction sets", " ".join(f for f in ("avx", "avx2", "avx512f", "fma", "f16c") if f in flags) or "none")
+    checked, errors = check_settings(environ, check_model=False)  # what `engbot run` checks, every part of it
+    if checked is None:
+        for error in errors:
+            print(f"FAIL: {error}", file=sys.stderr)
+        return 2
+    settings = checked.engine
+    _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
+    _platforms(checked)
     try:
-        settings = EngineSettings.from_environ(environ, check_model=False)
-        _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
         info = inspect_model(settings.model_path)
         settings = EngineSettings.from_environ(environ)
-        channels = describe_channel_settings(environ)
     except (ConfigError, ModelFileError) as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
@@ -61,8 +64,27 @@ def doctor(environ: Mapping[str, str]) -> int:
     _line("layout", settings.layout)
     _line("context", settings.context_length or "the model's own")
     _line("system prompt", repr(settings.system_prompt))
-    _line("channels", channels)
+    _line("channels", describe_channels(checked.channels))
     return asyncio.run(_generate(replace(settings, num_workers=1, load_on_fly=False)))
+
+
+def _platforms(settings: RunSettings) -> None:
+    """Where `engbot run` would answer: each chat platform, the playground, and the queue."""
+    print("where `engbot run` answers:")
+    configured = {chat.name for chat, _ in settings.platforms}
+    for chat in PLATFORMS:
+        _line(chat.name, "configured" if chat.name in configured else f"not configured ({chat.setup})")
+    access = web_access(settings, playground=not configured)
+    url = settings.app.local_url
+    if settings.web.token is not None:
+        _line("playground", f"{url} for whoever gives PLAYGROUND_TOKEN ({url}#token=<PLAYGROUND_TOKEN>)")
+    elif access.open_without_token:
+        _line("playground", f"{url}: no chat platform is configured, so the bot answers there (this machine only)")
+    else:
+        _line("playground", f"status page only at {url}: {access.locked}")
+    queue = settings.queue
+    _line("queue", "in this process" if queue.backend == "memory" else
+          f"Redis at {queue.redis_url_masked} (this process loads no model; `engbot worker` hosts answer)")
 
 
 async def _generate(settings: EngineSettings) -> int:

@@ -60,9 +60,7 @@ def channel_report(environ: Mapping[str, str], channel: str, *, guild: str | Non
     return 0
 
 
-def describe_channel_settings(environ: Mapping[str, str]) -> str:
-    """For ``engbot doctor``: the settings file and where personas are kept, once both are checked (``ConfigError``
-    naming the file, line and key, or STATE_PATH, when not valid)."""
-    settings = ChannelSettings.from_environ(environ)
+def describe_channels(settings: ChannelSettings) -> str:
+    """For ``engbot doctor``: the settings file and where personas are kept (both checked by then)."""
     file = f"{settings.config_path} ({len(settings.config.scopes)} tables)" if settings.config_path else "none"
     return f"settings file {file}; personas in {settings.store.describe()}"

@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.api import Submitter
+from engine.errors import ConfigError
+
+SHUTDOWN_TIMEOUT_S = 5.0  # what is still open at the end (a browser's event stream) is closed after this
 
 
 class Connected(Protocol):
+    """A platform's connection as /readyz sees it; ``problem`` (optional) says why it is not connected."""
+
     name: str
 
     @property
     def connected(self) -> bool: ...
 
 
+@runtime_checkable
+class Mounted(Protocol):
+    """A part of ``engbot run`` with routes of its own on the HTTP server (the playground, the status page)."""
+
+    def mount(self, app: web.Application) -> None: ...
+
+
 def readiness(submitter: Submitter, adapters: Sequence[Connected]) -> dict[str, object]:
     """What /readyz reports: the submitter's own checks (taking jobs; a model loaded or loaded on demand, or
-    Redis answering), and every adapter online."""
+    Redis answering), and every adapter online; ``waiting`` says why a platform is not (yet) connected."""
     checks = dict(submitter.health().checks)
     checks.update({a.name: a.connected for a in adapters})
-    return {"ready": all(checks.values()), "checks": checks, "queued": submitter.queued,
-            "running": submitter.running}
+    report: dict[str, object] = {"ready": all(checks.values()), "checks": checks, "queued": submitter.queued,
+                                 "running": submitter.running}
+    waiting = {a.name: problem for a in adapters if not a.connected and (problem := getattr(a, "problem", None))}
+    if waiting:
+        report["waiting"] = waiting
+    return report
 
 
 def make_app(submitter: Submitter, adapters: Callable[[], Sequence[Connected]]) -> web.Application:
@@ -51,8 +68,16 @@ def make_app(submitter: Submitter, adapters: Callable[[], Sequence[Connected]]) 
 
 
 async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start serving ``app``; stop it with ``await runner.cleanup()``."""
-    runner = web.AppRunner(app, access_log=None)
+    """Start serving ``app``; stop it with ``await runner.cleanup()``. ``ConfigError`` naming HTTP_PORT (or
+    HTTP_HOST) when it cannot listen there."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError("HTTP_PORT", port, f"{host}:{port} is in use by another program: stop it, or set "
+                              "HTTP_PORT to a free port") from None
+        raise ConfigError("HTTP_HOST", host, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return runner

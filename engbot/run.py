@@ -1,48 +1,66 @@
-"""``engbot run``: the submitter (the engine, or the Redis queue), every configured platform's adapter, and the HTTP
-endpoints, in one event loop."""
+"""``engbot run``: the submitter (the engine, or the Redis queue), every configured platform's adapter, the web
+playground and status page, and the HTTP endpoints, in one event loop.
+
+With no chat platform configured, the playground is the platform: ``engbot run`` serves it and says where, instead
+of exiting (under ``restart: unless-stopped`` an exit is a restart loop).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import bots.web
 from bots.channels.lookup import ChannelSettings
 from bots.registry import Adapter, adapters_from_environ, setup_hint
-from engbot.http import make_app, serve
+from bots.web.access import Access
+from engbot.activity import Activity
+from engbot.connect import Connection
+from engbot.http import Mounted, make_app, serve
 from engbot.logs import setup_logging
-from engbot.settings import AppSettings
+from engbot.settings import AppSettings, RunSettings, check_settings
+from engbot.status import StatusView
 from engine.api import Submitter
 from engine.config import EngineSettings, QueueSettings
-from engine.errors import ConfigError
 
 log = logging.getLogger("engbot")
 
-NO_ADAPTER = f"engbot: no chat platform is configured: set {setup_hint()}, in the environment or .env"
-
-
-class AdapterStartError(Exception):
-    """A chat platform could not be reached at start."""
-
 
 def run(environ: Mapping[str, str]) -> int:
-    """Validate every setting, then serve until SIGTERM/SIGINT. Exit 0 after a clean shutdown."""
-    app_settings = AppSettings.from_environ(environ)
-    setup_logging(app_settings.log_level, app_settings.log_format)
-    submitter = make_submitter(environ)
-    channels = ChannelSettings.from_environ(environ)  # ENGBOT_CONFIG, personas (STATE_PATH or Redis), FILE_*...
-    adapters = adapters_from_environ(environ, submitter, channels)
-    if not adapters:
-        print(NO_ADAPTER, file=sys.stderr)
+    """Validate every setting (as ``engbot doctor`` does), then serve until SIGTERM/SIGINT. Exit 0 after a clean
+    shutdown, 2 for a bad setting (every one is named)."""
+    settings, errors = check_settings(environ)
+    if settings is None:
+        for error in errors:
+            print(f"engbot: {error}", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(serve_until_signal(submitter, adapters, app_settings, channels=channels))
-    except AdapterStartError as exc:
-        print(f"engbot: {exc}", file=sys.stderr)
-        return 1
+    setup_logging(settings.app.log_level, settings.app.log_format)
+    activity = Activity(make_submitter(environ))
+    channels = settings.channels  # ENGBOT_CONFIG, personas (STATE_PATH or Redis), FILE_*...
+    adapters = adapters_from_environ(environ, activity, channels)
+    access = web_access(settings, playground=not adapters)
+    web = bots.web.make_adapter(settings.web, activity, access)
+    if not adapters:
+        log.info("no chat platform is configured (set %s): the playground is the bot's platform", setup_hint())
+    status = StatusView(activity, settings, environ, access)
+    return asyncio.run(serve_until_signal(activity, [*adapters, web], settings.app, status=status,
+                                          channels=channels))
+
+
+def web_access(settings: RunSettings, *, playground: bool) -> Access:
+    """Who may chat in the playground: with PLAYGROUND_TOKEN, its holders; without, this machine, when the
+    playground is the only platform and ``engbot run`` listens on a loopback address."""
+    app = settings.app
+    open_without_token = playground and app.loopback
+    if not playground:
+        locked = "Chat here is closed while a chat platform is configured: set PLAYGROUND_TOKEN to open it."
+    else:
+        locked = (f"This playground listens on HTTP_HOST={app.http_host}, where other machines can reach it: set "
+                  "PLAYGROUND_TOKEN to chat here (or HTTP_HOST=127.0.0.1).")
+    return Access(settings.web.token, open_without_token, locked)
 
 
 def make_submitter(environ: Mapping[str, str]) -> Submitter:
@@ -59,40 +77,48 @@ def make_submitter(environ: Mapping[str, str]) -> Submitter:
     return Engine(EngineSettings.from_environ(environ))
 
 
-async def serve_until_signal(submitter: Submitter, adapters: list[Adapter], app_settings: AppSettings,
-                             stop: asyncio.Event | None = None, *, channels: ChannelSettings | None = None) -> int:
-    """Start everything, wait for a signal (or ``stop``), then shut down in order: no new mentions, drain the
-    submitter for SHUTDOWN_GRACE_S (unfinished answers get a "restarting" reply), close the adapters. With
-    ``channels``, its settings file is reloaded on SIGHUP and whenever it changes."""
+async def serve_until_signal(submitter: Submitter, adapters: Sequence[Adapter], app_settings: AppSettings,
+                             stop: asyncio.Event | None = None, *, status: StatusView | None = None,
+                             channels: ChannelSettings | None = None) -> int:
+    """Start everything, wait for a signal (or ``stop``), then shut down in order: no new questions, drain the
+    submitter for SHUTDOWN_GRACE_S (unfinished answers get a "restarting" reply), close the adapters.
+
+    The HTTP endpoints come first (a port in use stops everything at once, naming HTTP_PORT), then the submitter
+    (the model loads), then the platforms: one that cannot be reached is tried again while the rest serves
+    (``engbot.connect``); one that refuses its token raises ``ConfigError``. With ``channels``, its settings file
+    is reloaded on SIGHUP and whenever it changes."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    connections = [Connection(adapter) for adapter in adapters]
+    app = make_app(submitter, lambda: connections)
+    for part in [*adapters, status]:
+        if isinstance(part, Mounted):
+            part.mount(app)
+    if status is not None:
+        status.connections = lambda: connections
+    runner = await serve(app, app_settings.http_host, app_settings.http_port)
+    if any(isinstance(adapter, Mounted) for adapter in adapters):
+        log.info("the playground and status page: %s", app_settings.local_url)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher: asyncio.Task[None] | None = None
     if channels is not None and channels.config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, channels.reload)
         watcher = asyncio.create_task(channels.watch(), name="engbot-config-watch")
-    runner = await serve(make_app(submitter, lambda: adapters), app_settings.http_host, app_settings.http_port)
     try:
         await submitter.start()
         log.info("%s", submitter.describe())
-        for adapter in adapters:
-            try:
-                await adapter.start()
-            except ConfigError:
-                raise  # a rejected token: the CLI prints it and exits 2
-            except Exception as exc:
-                raise AdapterStartError(f"{adapter.name} could not connect: {exc}") from exc
-            log.info("%s adapter connected", adapter.name)
-        await stop.wait()
+        await _connect_until(stop, connections)
         log.info("shutting down: no new questions; running answers get %.0f s", submitter.shutdown_grace_s)
         for adapter in adapters:
             await adapter.stop_intake()
     finally:
         await submitter.stop()
         for adapter in adapters:
-            with contextlib.suppress(Exception):
+            try:
                 await adapter.close()
+            except Exception as exc:
+                log.warning("closing %s: %s: %s", adapter.name, type(exc).__name__, exc)
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -103,3 +129,22 @@ async def serve_until_signal(submitter: Submitter, adapters: list[Adapter], app_
             await channels.close()
     log.info("stopped")
     return 0
+
+
+async def _connect_until(stop: asyncio.Event, connections: Sequence[Connection]) -> None:
+    """Connect every platform (trying again as long as it takes) until ``stop`` is set; raises the ``ConfigError``
+    of a platform that refused its settings."""
+    trying = {asyncio.create_task(c.establish(), name=f"engbot-connect-{c.name}") for c in connections}
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        while not stop.is_set():
+            done, _ = await asyncio.wait({stopped, *trying}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopped}:
+                trying.discard(task)
+                task.result()
+    finally:
+        stopped.cancel()
+        for task in trying:
+            task.cancel()
+        await asyncio.gather(stopped, *trying, return_exceptions=True)
+

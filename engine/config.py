@@ -362,12 +362,18 @@ def _model_path(env: Env) -> Path:
     return path
 
 
-SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+SECRET_SUFFIXES = ("TOKEN", "SECRET", "PASSWORD", "KEY")  # the last word of a secret's name
+
+
+def is_secret(name: str) -> bool:
+    """Whether a setting holds a secret: its name ends with one of ``SECRET_SUFFIXES`` (``SLACK_BOT_TOKEN``,
+    ``bot_token``, ``SLACK_SIGNING_SECRET``), not merely contains one (``MAX_NEW_TOKENS``, ``REDIS_KEY_PREFIX``)."""
+    return name.upper().replace("-", "_").rsplit("_", 1)[-1] in SECRET_SUFFIXES
 
 
 def mask(name: str, value: str) -> str:
     """A value fit for logs: secrets show only their kind (e.g. ``xoxb-***``), URLs lose their password."""
-    if any(marker in name.upper() for marker in SECRET_MARKERS):
+    if is_secret(name):
         if not value:
             return ""
         prefix = value.split("-", 1)[0] + "-" if "-" in value[:6] else ""

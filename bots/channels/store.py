@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -60,37 +61,76 @@ class MemoryPersonas:
 _SCHEMA = """CREATE TABLE IF NOT EXISTS personas (
     platform TEXT NOT NULL, channel TEXT NOT NULL, text TEXT NOT NULL, set_by TEXT NOT NULL, set_at REAL NOT NULL,
     PRIMARY KEY (platform, channel))"""
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class SqlitePersonas:
-    """Personas in an SQLite file. Each call opens its own connection in a worker thread (cheap, and safe with
-    several threads); WAL mode lets readers and a writer go on together."""
+    """Personas in an SQLite file, created when the first persona is read or set (``check`` tells at start whether
+    it can be, without creating anything: ``engbot doctor`` leaves no file behind). Each call opens its own
+    connection in a worker thread (cheap, and safe with several threads); WAL mode lets readers and a writer go on
+    together."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._created = False
+
+    def check(self) -> None:
+        """``ConfigError`` naming STATE_PATH when the file could not be used: a directory, a file that is not an
+        SQLite database or cannot be written, or a missing file whose directory cannot be created or written."""
+        path = self.path
+
+        def refuse(why: str) -> ConfigError:
+            return ConfigError("STATE_PATH", str(path), f"cannot be used as an SQLite file: {why}")
+
+        if path.is_dir():
+            raise refuse("it is a directory")
+        if path.exists():
+            try:
+                with path.open("rb") as file:
+                    head = file.read(len(_SQLITE_HEADER))
+            except OSError as exc:
+                raise refuse(str(exc)) from None
+            if head and head != _SQLITE_HEADER:
+                raise refuse("it is some other kind of file")
+            if not os.access(path, os.W_OK):
+                raise refuse("it cannot be written")
+            return
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise refuse(f"{parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise refuse(f"the directory {parent} cannot be written")
 
     def open(self) -> None:
         """Create the file and its table if needed; ``ConfigError`` naming STATE_PATH when that is impossible."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(self._connect()) as db, db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(_SCHEMA)
+            self._create()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError("STATE_PATH", str(self.path), f"cannot be used as an SQLite file: {exc}") from None
+
+    def _create(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+        self._created = True
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5.0)
 
     async def _run(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]] | int:
         def run() -> list[tuple[object, ...]] | int:
+            if not self._created:
+                self._create()  # (two first calls at once both create: the statements allow it)
             with contextlib.closing(self._connect()) as db, db:
                 cursor = db.execute(sql, args)
                 return cursor.fetchall() if sql.lstrip().upper().startswith("SELECT") else cursor.rowcount
 
         try:
             return await asyncio.to_thread(run)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"SQLite ({self.path}): {exc}") from exc
 
     async def get(self, platform: str, channel: str) -> Persona | None:

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -67,6 +68,10 @@ EVENTS_PATH = "/slack/events"
 CONNECT_TIMEOUT_S = 30.0
 SEEN_TTL_S = 900.0  # Slack retries an event for about 5 minutes
 BOLT_APP_NAME = "slack_bolt.engbot"
+
+
+def _not_token_skipped(record: logging.LogRecord) -> bool:
+    return record.getMessage() != warning_client_prioritized_and_token_skipped()
 
 
 class SlackAdapter:
@@ -167,15 +172,23 @@ class SlackAdapter:
                                     f"{type(exc).__name__}: {exc}") from None
 
     def _bolt_app(self, client: AsyncWebClient) -> AsyncApp:
-        app = AsyncApp(
-            client=client,
-            # bolt names loggers after the app and sets their level to its own logger's on every event: a name
-            # inside slack_bolt's hierarchy keeps its hands off ours ("engbot" would silence engbot.* below WARNING)
-            name=BOLT_APP_NAME,
-            logger=logging.getLogger("slack_bolt"),
-            signing_secret=self.settings.signing_secret,
-            request_verification_enabled=self.settings.mode == "http",
-        )
+        bolt_log = logging.getLogger("slack_bolt")
+        # bolt reads SLACK_BOT_TOKEN from the process environment on its own and then warns, on every start, that
+        # the client we give it (built from that very token) wins: true, and nothing to act on
+        bolt_log.addFilter(_not_token_skipped)
+        try:
+            app = AsyncApp(
+                client=client,
+                # bolt names loggers after the app and sets their level to its own logger's on every event: a name
+                # inside slack_bolt's hierarchy keeps its hands off ours ("engbot" would silence engbot.* below
+                # WARNING)
+                name=BOLT_APP_NAME,
+                logger=bolt_log,
+                signing_secret=self.settings.signing_secret,
+                request_verification_enabled=self.settings.mode == "http",
+            )
+        finally:
+            bolt_log.removeFilter(_not_token_skipped)
 
         async def on_event(body: dict[str, Any]) -> None:
             # bolt has acked (or will ack) the event; the answer runs on its own task either way

@@ -109,6 +109,10 @@ class Engine:
         """Answers that can run at once: NUM_WORKERS x PARALLEL_SLOTS."""
         return len(self._supervisor.replicas) * self.settings.parallel_slots
 
+    def slots(self) -> list[tuple[str, int]]:
+        """Each replica's state and how many of its PARALLEL_SLOTS answers it runs now (for the status page)."""
+        return [(r.state, len(r.jobs & self._running)) for r in self._supervisor.replicas]
+
     def health(self) -> Health:
         """``ok`` is False when no replica can run (each failed its last start and waits before the next
         attempt): queued jobs then fail at once instead of waiting. Ready: taking jobs, with a model loaded (or

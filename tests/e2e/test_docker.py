@@ -528,7 +528,7 @@ def test_scale_example_answers_through_redis_from_a_worker_container(container_e
         bot = next(name for name, service in containers.items() if service == "bot")
         workers = sorted(name for name, service in containers.items() if service == "worker")
         # the bot's endpoints, published on the host: ready with Redis and the stand-in platform, no model
-        assert compose.ready_checks() == {"engine": True, "redis": True, "fake": True}
+        assert compose.ready_checks() == {"engine": True, "redis": True, "fake": True, "web": True}
 
         bot_log = compose.answer(bot)
         job = re.search(r"job (\w+) platform=fake outcome=ok attempt=1 ", bot_log)
@@ -561,10 +561,49 @@ def test_single_node_example_still_answers_and_stops_cleanly(container_env: dict
     try:
         containers = compose.up_healthy()
         assert list(containers.values()) == ["engbot"], containers  # no redis without the scale profile
-        assert compose.ready_checks() == {"engine": True, "model": True, "fake": True}
+        assert compose.ready_checks() == {"engine": True, "model": True, "fake": True, "web": True}
         (name,) = containers
         log = compose.answer(name)
         assert re.search(r"job \w+ platform=fake outcome=ok ", log), log[-3000:]
+        compose.stop_and_down([name])
+    finally:
+        compose("down", "--volumes", "--timeout", "5")
+
+
+@pytest.mark.slow
+def test_single_node_example_is_healthy_without_tokens_and_serves_the_playground(
+        container_env: dict[str, str], engbot_image: str, tmp_path: Path) -> None:
+    """The README's Docker section as a newcomer follows it, with no platform token: no restart loop (engbot run
+    exited 2 and `restart: unless-stopped` started it again and again), healthy and ready, and the playground
+    answers on the published port: its page, and with PLAYGROUND_TOKEN a question streamed back."""
+    project = make_project(tmp_path / "fresh")
+    (project / "models").mkdir()
+    token = secrets.token_hex(16)
+    edit_env(project / ".env", MAX_NEW_TOKENS="24", PLAYGROUND_TOKEN=token)
+    compose = ComposeRun({**container_env, "ENGBOT_IMAGE": engbot_image}, project, project / "docker-compose.yml")
+    try:
+        containers = compose.up_healthy()
+        (name,) = containers
+        assert compose.ready_checks() == {"engine": True, "model": True, "web": True}
+        base = f"http://127.0.0.1:{compose.port}"
+        with urllib.request.urlopen(base + "/", timeout=10) as resp:
+            cookie = resp.headers["Set-Cookie"].split(";", 1)[0]
+            assert resp.status == 200 and "playground" in resp.read().decode()
+        headers = {"Authorization": f"Bearer {token}", "Cookie": cookie, "Content-Type": "application/json"}
+        events = urllib.request.urlopen(urllib.request.Request(base + "/api/events", headers=headers), timeout=60)
+        ask = urllib.request.Request(base + "/api/ask", data=b'{"text": "What is the capital of France?"}',
+                                     headers=headers, method="POST")
+        with urllib.request.urlopen(ask, timeout=10) as resp:
+            assert resp.status == 202
+        deadline, seen = time.monotonic() + 120, ""
+        while '"action": "regenerate"' not in seen:  # the answer's final buttons
+            assert time.monotonic() < deadline, seen[-2000:]
+            seen += events.readline().decode()
+        events.close()
+        restarts = run(["docker", "inspect", "-f", "{{.RestartCount}}", name], compose.env).stdout.strip()
+        assert restarts == "0", restarts
+        log = compose.logs(name)
+        assert "no chat platform is configured" in log and token not in log
         compose.stop_and_down([name])
     finally:
         compose("down", "--volumes", "--timeout", "5")

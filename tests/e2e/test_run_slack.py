@@ -77,3 +77,43 @@ async def test_engbot_run_answers_a_mention_and_stops_cleanly_on_sigterm(tmp_pat
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_a_slack_unreachable_at_boot_is_tried_again_until_it_answers(tmp_path: Path) -> None:
+    # a network blip at boot: engbot run gave up at once (exit 1); now it tries again while /readyz says why
+    async with FakeSlack() as slack:
+        slack.fail("auth.test", status=503, error="service_unavailable", retry_after=0.1, times=5)
+        port = free_port()
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+               "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token, "SLACK_API_URL": slack.api_url,
+               "HTTP_PORT": str(port), "NUM_WORKERS": "1", "MAX_NEW_TOKENS": "16", "SHUTDOWN_GRACE_S": "1",
+               "LOG_LEVEL": "INFO"}
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "engbot", "run", env=env, cwd=tmp_path,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            why = ""
+            for _ in range(600):
+                try:
+                    status, body = await get(f"{base}/readyz")
+                except aiohttp.ClientError:
+                    status, body = 0, ""
+                if status == 503 and "could not connect" in body:
+                    why = body
+                if status == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 200, body
+            assert "service_unavailable" in why and '"slack": false' in why  # (while it was trying again)
+            message = slack.user_says("<@UBOT> Hi!")
+            await slack.push(slack.as_mention(message))
+            assert (await slack.wait_final(message["ts"])).strip()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 30)
+            stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+            assert code == 0, stderr
+            assert "slack could not connect" in stderr and "slack adapter connected" in stderr
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

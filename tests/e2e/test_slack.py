@@ -587,3 +587,17 @@ async def test_answers_streaming_at_once_share_the_workspace_chat_update_budget(
         assert len(slack.calls_to("chat.update")) >= 16  # (each answer's final edit at least)
     else:  # the same answers without the budget run into Slack's limit
         assert slack.limited
+
+
+async def test_slack_bot_token_in_the_process_environment_starts_without_bolt_s_warning(
+        slack: FakeSlack, start_adapter: StartAdapter, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # as under Docker (env_file) or systemd: slack-bolt reads SLACK_BOT_TOKEN itself and used to warn on every
+    # start that the client we give it wins ("As you gave client as well, token will be unused")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", slack.bot_token)
+    caplog.set_level(logging.INFO)
+    adapter = await start_adapter(ScriptedEngine(answer("Hi!")))
+    assert adapter.connected
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, warnings
+    assert not logging.getLogger("slack_bolt").filters  # (the filter was only for bolt's start)

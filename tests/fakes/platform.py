@@ -2,8 +2,8 @@
 
     python -m tests.fakes.platform run       # the real `engbot run`, with FakePlatform as its only adapter
 
-``engbot run`` refuses to start without a Slack or Discord token (exit 2, unchanged for users). This runs the
-real command (settings, engine, HTTP endpoints, signal handling, graceful shutdown) and replaces only the
+Without a Slack or Discord token ``engbot run`` serves the web playground, which needs someone to type. This runs
+the real command (settings, engine, HTTP endpoints, signal handling, graceful shutdown) and replaces only the
 adapter discovery: the one adapter is "connected" at once and, if ``FAKE_PLATFORM_QUESTION`` is set, asks that
 question when it starts and logs how the answer ended. With QUEUE_BACKEND=redis the question goes through Redis to
 the ``engbot worker`` hosts. It lives under tests/ and is not part of the image; the container smoke runs mount

@@ -155,11 +155,22 @@ async def test_personas_are_for_admins_survive_a_restart_and_too_long_ones_are_r
     assert "No persona is set" in await run("persona show")
 
 
-def test_a_state_path_that_cannot_be_used_fails_at_start(tmp_path: Path) -> None:
+def test_a_state_path_that_cannot_be_used_fails_at_start_and_a_good_one_is_made_when_first_used(
+        tmp_path: Path, model_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="STATE_PATH"):
         SqlitePersonas(blocker / "engbot.db").open()
+    for bad, why in ((blocker / "engbot.db", "is not a directory"), (blocker, "some other kind of file"),
+                     (tmp_path, "it is a directory")):
+        with pytest.raises(ConfigError, match="STATE_PATH") as refused:
+            ChannelSettings.from_environ({"STATE_PATH": str(bad), "MODEL_PATH": str(model_path)})
+        assert why in str(refused.value)
+    good = tmp_path / "state" / "engbot.db"
+    settings = ChannelSettings.from_environ({"STATE_PATH": str(good), "MODEL_PATH": str(model_path)})
+    assert not good.exists()  # checked at start, made when first used
+    asyncio.run(settings.set_persona(Place("slack", "C0001"), "Be brief.", "U0ADM"))
+    assert good.is_file() and asyncio.run(settings.effective(Place("slack", "C0001"))).system_prompt == "Be brief."
 
 
 def test_from_environ_reads_every_setting(tmp_path: Path, model_path: Path) -> None:

@@ -131,6 +131,15 @@ def test_secrets_are_masked() -> None:
     assert "secret" not in mask("DISCORD_BOT_TOKEN", "abc.secret.def")
     assert mask("REDIS_URL", "redis://user:hunter2@localhost:6379/0") == "redis://user:***@localhost:6379/0"
     assert mask("NUM_WORKERS", "2") == "2"
+    assert mask("PLAYGROUND_TOKEN", "0123456789abcdef0123") == "*** (20 chars)"
+    assert mask("SLACK_SIGNING_SECRET", "abc") == "*** (3 chars)"
+    assert mask("app_token", "xapp-1-x") == "xapp-*** (8 chars)"
+
+
+def test_settings_that_only_mention_a_secret_word_are_shown() -> None:
+    # a name that merely contains TOKEN or KEY is no secret: doctor printed MAX_NEW_TOKENS *** (3 chars)
+    for name, value in (("MAX_NEW_TOKENS", "512"), ("KV_CACHE_TOKENS", "4096"), ("REDIS_KEY_PREFIX", "engbot:")):
+        assert mask(name, value) == value, name
 
 
 def test_cli_exits_2_with_one_line_for_bad_settings(tmp_path: Path) -> None:
