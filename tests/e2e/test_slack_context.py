@@ -388,6 +388,10 @@ async def test_a_reasoning_models_thinking_is_never_posted_and_left_out_of_the_h
     assert final == "_💭 Thought it through (3 words, hidden)._\n\nit is one"
     sent = str([c.args for c in slack.calls])
     assert "we can see" not in sent and "think>" not in sent  # not in any message, edit or stream
+    if streaming == "native":  # while it thinks, the thread's status says so (no stream has started)
+        assert [s["status"] for s in slack.ai.statuses][:1] == [Messages.STATUS_THINKING]
+    else:  # the placeholder says so until the answer comes
+        assert slack.calls_to("chat.postMessage")[0].args["text"] == Messages.THINKING
     follow = slack.user_says("<@UBOT> And then?", thread_ts=first["ts"])
     await slack.push(slack.as_mention(follow))
     await slack.wait_final(first["ts"], after=follow["ts"])
