@@ -42,7 +42,7 @@ def run(environ: Mapping[str, str]) -> int:
     channels = settings.channels  # ENGBOT_CONFIG, personas (STATE_PATH or Redis), FILE_*...
     adapters = adapters_from_environ(environ, activity, channels)
     access = web_access(settings, playground=not adapters)
-    web = bots.web.make_adapter(settings.web, activity, access)
+    web = bots.web.make_adapter(settings.web, activity, access, channels)
     if not adapters:
         log.info("no chat platform is configured (set %s): the playground is the bot's platform", setup_hint())
     status = StatusView(activity, settings, environ, access)

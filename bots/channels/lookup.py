@@ -83,7 +83,7 @@ class ChannelSettings:
             store = RedisPersonas(queue.redis_url, queue.key_prefix, queue.redis_url_masked)
         else:
             sqlite = SqlitePersonas(Path(env.raw("STATE_PATH") or DEFAULT_STATE_PATH).expanduser().resolve())
-            sqlite.check()  # (created when the first persona is read or set)
+            sqlite.check()  # (created when the first persona is set)
             store = sqlite
         models = frozenset({engine.model_path.name, engine.model_path.stem, "default"})
         return cls(defaults=defaults, budget=ContextBudget(context), config_path=path, store=store,

@@ -65,7 +65,7 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class SqlitePersonas:
-    """Personas in an SQLite file, created when the first persona is read or set (``check`` tells at start whether
+    """Personas in an SQLite file, created when the first persona is set (``check`` tells at start whether
     it can be, without creating anything: ``engbot doctor`` leaves no file behind). Each call opens its own
     connection in a worker thread (cheap, and safe with several threads); WAL mode lets readers and a writer go on
     together."""
@@ -120,9 +120,12 @@ class SqlitePersonas:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5.0)
 
-    async def _run(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]] | int:
+    async def _run(self, sql: str, args: tuple[object, ...], *, writes: bool = False
+                   ) -> list[tuple[object, ...]] | int:
         def run() -> list[tuple[object, ...]] | int:
             if not self._created:
+                if not writes and not self.path.exists():
+                    return [] if sql.lstrip().upper().startswith("SELECT") else 0  # (no file: no personas yet)
                 self._create()  # (two first calls at once both create: the statements allow it)
             with contextlib.closing(self._connect()) as db, db:
                 cursor = db.execute(sql, args)
@@ -143,7 +146,8 @@ class SqlitePersonas:
 
     async def put(self, platform: str, channel: str, persona: Persona) -> None:
         await self._run("INSERT OR REPLACE INTO personas (platform, channel, text, set_by, set_at) "
-                        "VALUES (?, ?, ?, ?, ?)", (platform, channel, persona.text, persona.set_by, persona.set_at))
+                        "VALUES (?, ?, ?, ?, ?)", (platform, channel, persona.text, persona.set_by, persona.set_at),
+                        writes=True)
 
     async def delete(self, platform: str, channel: str) -> bool:
         count = await self._run("DELETE FROM personas WHERE platform = ? AND channel = ?", (platform, channel))

@@ -168,7 +168,9 @@ def test_a_state_path_that_cannot_be_used_fails_at_start_and_a_good_one_is_made_
         assert why in str(refused.value)
     good = tmp_path / "state" / "engbot.db"
     settings = ChannelSettings.from_environ({"STATE_PATH": str(good), "MODEL_PATH": str(model_path)})
-    assert not good.exists()  # checked at start, made when first used
+    assert not good.exists()  # checked at start, made when the first persona is set
+    assert asyncio.run(settings.effective(Place("slack", "C0001"))).persona is None and not good.exists()
+    assert not asyncio.run(settings.reset_persona(Place("slack", "C0001"), "U0ADM")) and not good.exists()
     asyncio.run(settings.set_persona(Place("slack", "C0001"), "Be brief.", "U0ADM"))
     assert good.is_file() and asyncio.run(settings.effective(Place("slack", "C0001"))).system_prompt == "Be brief."
 
