@@ -84,7 +84,8 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HTTP_HOST=0.0.0.0 \
-    HTTP_PORT=8080
+    HTTP_PORT=8080 \
+    MODELS_DIR=/models
 # Settings come from the environment (docker run --env-file, compose env_file); a .env file in /app also works.
 WORKDIR /app
 USER 10001:10001

@@ -68,6 +68,7 @@ class Question:
     params: GenParams | None = None
     system_prompt: str | None = None
     thinking: ShowThinking = "collapsed"
+    model: str | None = None  # which of the engine's models answers (a channel's setting); None: the default
 
     def dedup_key(self, platform: str) -> str:
         return dedup_key(platform, self.source, self.attempt)
@@ -108,7 +109,7 @@ class AnswerFlow:
             turns = asked.turns
             job = Job(turns=turns, params=question.params, platform=self.platform,
                       dedup_key=question.dedup_key(self.platform), system_prompt=question.system_prompt,
-                      user=f"{self.platform}:{question.user}")
+                      user=f"{self.platform}:{question.user}", model=question.model)
         except Unanswerable as exc:
             await target.notice(str(exc))
             return None
@@ -129,7 +130,7 @@ class AnswerFlow:
             else:
                 record = Answer(question.user, question.source, turns, question.system_prompt, job.id,
                                 attempt=question.attempt, handle=handle, params=question.params,
-                                thinking=question.thinking, notes=asked.notes)
+                                thinking=question.thinking, notes=asked.notes, model=question.model)
                 controls = AnswerButtons(record)
             opened = await target.open(Reply(_placeholder(handle), controls.live()))
             chain = MessageChain.of(opened.message_id, opened.shown) if opened.message_id else MessageChain([], [])
@@ -200,7 +201,7 @@ class AnswerFlow:
         job = Job(turns=record.turns, params=record.params, platform=self.platform,
                   system_prompt=record.system_prompt, dedup_key=dedup_key(self.platform, record.source, attempt),
                   user=f"{self.platform}:{record.asker}", prefill=record.text if continuing else "",
-                  resample=not continuing)
+                  resample=not continuing, model=record.model)
         submitted = await self.submit(job, tell)
         if submitted is None:
             return

@@ -42,6 +42,7 @@ class Answer:
     thinking: ShowThinking = "collapsed"  # SHOW_THINKING where it was asked
     notes: tuple[str, ...] = ()  # about the question's files, shown above every version of the answer
     on_stop: Callable[[], None] | None = None  # what Stop does instead of cancelling ``job_id`` (a summary's parts)
+    model: str | None = None  # the model that answers it (Regenerate and Continue ask the same one)
 
     def state(self) -> AnswerState:
         cut = isinstance(self.final, Done) and self.final.finish_reason == "length"

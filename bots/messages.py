@@ -41,6 +41,7 @@ class Messages:
     SHUTDOWN = "⚠️ I'm restarting and had to stop this answer: please ask again in a moment."
     CRASHED = "⚠️ The model crashed while answering. It has been restarted: please ask again."
     UNAVAILABLE = "⚠️ The bot is unavailable right now: please try again in a moment."
+    SERVER_UNAVAILABLE = "⚠️ The model server {reason}: please try again in a moment."
     NOT_ALLOWED = "Sorry, I'm not allowed to answer here."
     MOVED = "_(This answer ran longer than this message can be edited: it continues below.)_"
     RETRACTED = "_(Part of an answer that was started again: the answer is above.)_"
@@ -105,6 +106,7 @@ FAILURE_TEXTS: dict[FailureKind, str] = {
     FailureKind.LOAD_FAILED: Messages.LOAD_FAILED,
     FailureKind.SHUTDOWN: Messages.SHUTDOWN,
     FailureKind.BUSY: Messages.BUSY,
+    FailureKind.UNAVAILABLE: Messages.SERVER_UNAVAILABLE,
     FailureKind.ERROR: Messages.FAILED,
 }
 # Failures users cause or expect: not worth a warning in the log.

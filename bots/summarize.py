@@ -54,6 +54,7 @@ class SummaryRequest:
     params: GenParams
     budget: ContextBudget
     thinking: ShowThinking = "collapsed"
+    model: str | None = None  # which of the engine's models summarizes (the channel's); None: the default
 
 
 class _Piece:
@@ -92,7 +93,7 @@ class Summaries:
             await target.accept()
         run_id = uuid.uuid4().hex
         record = Answer(request.user, request.source, (), request.system_prompt, run_id, params=request.params,
-                        thinking=request.thinking)
+                        thinking=request.thinking, model=request.model)
         running: dict[str, JobHandle] = {}
         stopped = asyncio.Event()
 
@@ -178,7 +179,7 @@ class Summaries:
                     first = 1 + sum(len(p.lines) for p in order[:at])
                     job = Job(turns=(Turn("user", render(piece.lines, at + 1, len(order), first)),), params=params,
                               system_prompt=request.system_prompt, platform=self.flow.platform,
-                              user=f"{self.flow.platform}:{request.user}")
+                              user=f"{self.flow.platform}:{request.user}", model=request.model)
                     try:
                         handle = await self.flow.submitter.submit(job)
                     except QueueFull:
@@ -222,7 +223,7 @@ class Summaries:
         flow = self.flow
         turns = (Turn("user", prompt),)
         job = Job(turns=turns, params=request.params, system_prompt=request.system_prompt, platform=flow.platform,
-                  user=f"{flow.platform}:{request.user}")
+                  user=f"{flow.platform}:{request.user}", model=request.model)
         submitted = await flow.submit(job, progress.end)
         if submitted is None:
             return None

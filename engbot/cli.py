@@ -1,4 +1,4 @@
-"""The ``engbot`` command: ask, chat, doctor, run, worker, bench."""
+"""The ``engbot`` command: ask, chat, doctor, run, worker, pull, models, bench."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import EngineSettings, load_environ
-from engine.errors import ConfigError, ModelFileError, QueueUnavailable
+from engine.errors import ConfigError, ModelFileError, ModelServerUnavailable, QueueUnavailable
 from engine.local import Engine
 from engine.types import Done, Failed, GenParams, Job, Queued, Started, TextPiece, Turn
+
+if TYPE_CHECKING:
+    from engine.local.fleet import EngineFleet
+    from engine.remote import RemoteSubmitter
 
 EXIT_CONFIG = 2
 
@@ -43,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("--dm", action="store_true", help="with --channel: it is a direct message")
     sub.add_parser("run", help="run the bot: the engine, every configured adapter and the HTTP endpoints")
     sub.add_parser("worker", help="run an engine host that takes jobs from Redis (QUEUE_BACKEND=redis)")
+    pull = sub.add_parser("pull", help="download a GGUF model from Hugging Face into MODELS_DIR, with progress and "
+                          "resume, e.g. engbot pull Qwen/Qwen2.5-0.5B-Instruct-GGUF:q4_k_m")
+    pull.add_argument("model", help="owner/repo[:quant or file name], e.g. Qwen/Qwen2.5-0.5B-Instruct-GGUF:q4_k_m")
+    pull.add_argument("--revision", help="a branch, tag or commit of the repository (default: main)")
+    sub.add_parser("models", help="list the models in MODELS_DIR (names for MODEL_PATH), and the bundled one")
     bench = sub.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     bench.add_argument("--quick", action="store_true", help="fewer and shorter runs")
     bench.add_argument("--out", default="docs/benchmarks.md")
@@ -54,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     environ = load_environ(args.env_file or ".env")
     commands: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
         "ask": _ask, "chat": _chat, "doctor": _doctor, "run": _run, "worker": _worker, "bench": _bench,
+        "pull": _pull, "models": _models,
     }
     try:
         return commands[args.command](args, environ)
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as exc:
         print(f"engbot: the model could not be loaded: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except QueueUnavailable as exc:
+    except (QueueUnavailable, ModelServerUnavailable) as exc:
         print(f"engbot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
@@ -89,6 +99,7 @@ def _gen_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", help="override TEMPERATURE (0 = greedy)")
     p.add_argument("--seed", help="override SEED")
     p.add_argument("--system", help="override SYSTEM_PROMPT")
+    p.add_argument("--model", help="with MODELS: the model to ask (one of its names; default DEFAULT_MODEL)")
 
 
 def _quiet(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
@@ -102,9 +113,20 @@ def _quiet(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
     setup_logging(level, logs.format)
 
 
-def _cli_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[EngineSettings, GenParams]:
+def _flag_environ(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings with the command's flags over them."""
     overrides = {setting: str(value) for option, (_, setting) in FLAGS.items()
                  if (value := getattr(args, option, None)) is not None}
+    return {**environ, **overrides}
+
+
+def _several(environ: Mapping[str, str]) -> bool:
+    """MODELS is set: each model samples with its own settings (the flags included)."""
+    return bool((environ.get("MODELS") or "").strip())
+
+
+def _cli_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[EngineSettings, GenParams]:
+    overrides = _flag_environ(args, {})
     try:
         settings = EngineSettings.from_environ({**environ, **overrides})
     except ConfigError as exc:
@@ -117,10 +139,11 @@ def _cli_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
 
 
 @asynccontextmanager
-async def _engine(settings: EngineSettings) -> AsyncIterator[Engine]:
+async def _engine(settings: EngineSettings, environ: Mapping[str, str]
+                  ) -> AsyncIterator[Engine | RemoteSubmitter | EngineFleet]:
     """An engine for an interactive command: whatever ends the command (Ctrl-C too) stops it at once, without
     the SHUTDOWN_GRACE_S a bot gives its users' answers."""
-    engine = Engine(settings)
+    engine = _answerer(settings, environ)
     try:
         await engine.start()
         yield engine
@@ -128,7 +151,26 @@ async def _engine(settings: EngineSettings) -> AsyncIterator[Engine]:
         await engine.stop(grace_s=0)
 
 
-async def _stream(engine: Engine, job: Job, out: Any = sys.stdout) -> Done | Failed:
+def _answerer(settings: EngineSettings, environ: Mapping[str, str]) -> Engine | RemoteSubmitter | EngineFleet:
+    """The local engine, several models (MODELS), or the model server (MODEL_BACKEND=openai)."""
+    from engine.models.fleet import FleetSettings, ModelSpec
+
+    if settings.model_backend == "openai":
+        from engine.remote import RemoteSettings, RemoteSubmitter
+
+        return RemoteSubmitter(settings, RemoteSettings.from_environ(environ))
+    fleet = FleetSettings.from_environ(environ)
+    if fleet is not None:
+        from engine.local.fleet import EngineFleet
+
+        # one conversation at a time: one replica per model
+        models = tuple(ModelSpec(m.name, replace(m.settings, num_workers=1)) for m in fleet.models)
+        return EngineFleet(replace(fleet, models=models))
+    return Engine(settings)
+
+
+async def _stream(engine: Engine | RemoteSubmitter | EngineFleet, job: Job, out: Any = sys.stdout
+                  ) -> Done | Failed:
     async for event in await engine.submit(job):
         if isinstance(event, TextPiece):
             out.write(event.text)
@@ -157,8 +199,10 @@ def _ask(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_CONFIG
 
     async def go() -> int:
-        async with _engine(settings) as engine:
-            result = await _stream(engine, Job.ask(question, params=params))
+        async with _engine(settings, _flag_environ(args, environ)) as engine:
+            job = Job.ask(question, params=None if _several(environ) else params, model=args.model,
+                          system_prompt=args.system)
+            result = await _stream(engine, job)
             return 0 if isinstance(result, Done) else 1
 
     return asyncio.run(go())
@@ -170,7 +214,7 @@ def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     async def go() -> int:
         history: list[Turn] = []
-        async with _engine(settings) as engine:
+        async with _engine(settings, _flag_environ(args, environ)) as engine:
             print("engbot chat: type a message; /reset forgets the conversation, /exit or Ctrl-D quits.",
                   file=sys.stderr)
             while True:
@@ -189,7 +233,8 @@ def _chat(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 if not line:
                     continue
                 history.append(Turn("user", line))
-                result = await _stream(engine, Job(turns=tuple(history), params=params))
+                result = await _stream(engine, Job(turns=tuple(history), params=None if _several(environ) else params,
+                                                   model=args.model, system_prompt=args.system))
                 if isinstance(result, Done):
                     history.append(Turn("assistant", result.text))
                 else:
@@ -245,6 +290,18 @@ def _worker(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from engbot.host import run_worker
 
     return run_worker(environ)
+
+
+def _pull(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from engbot.models import pull_command
+
+    return pull_command(args, environ)
+
+
+def _models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from engbot.models import models_command
+
+    return models_command(args, environ)
 
 
 def _bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

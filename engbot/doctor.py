@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from bots.registry import PLATFORMS
@@ -18,6 +18,7 @@ from engine.config import EngineSettings, mask
 from engine.errors import ConfigError, ModelFileError
 from engine.local import Engine
 from engine.modelfile import inspect_model
+from engine.models.fleet import FleetSettings, env_prefix
 from engine.types import Done, GenParams, Job
 
 
@@ -42,11 +43,42 @@ def doctor(environ: Mapping[str, str]) -> int:
             print(f"FAIL: {error}", file=sys.stderr)
         return 2
     settings = checked.engine
-    _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
     _platforms(checked)
+    _line("channels", describe_channels(checked.channels))
+    if settings.model_backend == "openai":  # the model is a server's: its URL, key and model, and a test answer
+        from engbot.doctor_remote import doctor_remote
+
+        return doctor_remote(environ, settings)
+    _line("LLM_LIB", f"{settings.llm_lib} -> {pick_llm_lib(settings.llm_lib)} (ctransformers variant)")
+    if checked.fleet is not None:  # several models (MODELS): each one checked as a single model is
+        return _models(environ)
+    return _model(settings, lambda: EngineSettings.from_environ(environ))
+
+
+def _models(environ: Mapping[str, str]) -> int:
+    try:
+        fleet = FleetSettings.from_environ(environ)  # with each model file read now
+    except ConfigError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 2
+    assert fleet is not None
+    print(f"{len(fleet.models)} models (MODELS):")
+    _line("MAX_LOADED_MODELS", f"{fleet.max_loaded}: the least recently used idle model makes room" if fleet.limited
+          else "every model stays loaded")
+    codes = []
+    for spec in fleet.models:
+        default = " (DEFAULT_MODEL)" if spec.name == fleet.default else ""
+        print(f"model {spec.name}{default}; its own settings: {env_prefix(spec.name)}<SETTING>")
+        codes.append(_model(spec.settings, lambda spec=spec: spec.settings))  # type: ignore[misc]
+    return max(codes)
+
+
+def _model(settings: EngineSettings, checked: Callable[[], EngineSettings]) -> int:
+    """The model file, the engine's layout (``checked``: the settings checked against the file), and a test
+    answer: 0, 2 for a file or setting that cannot be used, 1 if it does not answer."""
     try:
         info = inspect_model(settings.model_path)
-        settings = EngineSettings.from_environ(environ)
+        settings = checked()
     except (ConfigError, ModelFileError) as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 2
@@ -64,7 +96,6 @@ def doctor(environ: Mapping[str, str]) -> int:
     _line("layout", settings.layout)
     _line("context", settings.context_length or "the model's own")
     _line("system prompt", repr(settings.system_prompt))
-    _line("channels", describe_channels(checked.channels))
     return asyncio.run(_generate(replace(settings, num_workers=1, load_on_fly=False)))
 
 

@@ -1,7 +1,8 @@
 """``engbot worker``: a host that answers jobs from the Redis queue (QUEUE_BACKEND=redis).
 
 It runs the same in-process Engine as ``engbot run`` (NUM_WORKERS replicas, each answering PARALLEL_SLOTS questions
-together), claims as many jobs as that engine has free slots, and serves /healthz, /readyz and /metrics on
+together), or with MODEL_BACKEND=openai the remote backend (REMOTE_MAX_INFLIGHT answers at a model server), claims as
+many jobs as that has free slots, and serves /healthz, /readyz and /metrics on
 HTTP_PORT like ``engbot run`` (0 = any free port).
 """
 
@@ -12,12 +13,17 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from engbot.http import make_app, serve
 from engbot.logs import setup_logging
 from engbot.settings import AppSettings
 from engine.config import EngineSettings, QueueSettings
 from engine.redis import RedisHost
+
+if TYPE_CHECKING:
+    from engine.local.fleet import EngineFleet
+    from engine.remote import RemoteSubmitter
 
 log = logging.getLogger("engbot")
 
@@ -39,7 +45,19 @@ def run_worker(environ: Mapping[str, str]) -> int:
     if queue.job_deadline_s < settings.generation_timeout_s:
         log.warning("JOB_DEADLINE_S (%g s) is shorter than GENERATION_TIMEOUT_S (%g s): long answers are cut at "
                     "the deadline", queue.job_deadline_s, settings.generation_timeout_s)
-    return asyncio.run(work_until_signal(RedisHost(queue, settings), app_settings))
+    from engine.models.fleet import FleetSettings
+
+    engine: RemoteSubmitter | EngineFleet | None = None
+    fleet = FleetSettings.from_environ(environ) if settings.model_backend != "openai" else None
+    if settings.model_backend == "openai":  # a host in front of a model server instead of its own replicas
+        from engine.remote import RemoteSettings, RemoteSubmitter
+
+        engine = RemoteSubmitter(settings, RemoteSettings.from_environ(environ))
+    elif fleet is not None:  # several models (MODELS): this host serves each of them
+        from engine.local.fleet import EngineFleet
+
+        engine = EngineFleet(fleet)
+    return asyncio.run(work_until_signal(RedisHost(queue, settings, engine=engine), app_settings))
 
 
 async def work_until_signal(host: RedisHost, app_settings: AppSettings, stop: asyncio.Event | None = None) -> int:

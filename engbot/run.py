@@ -64,17 +64,30 @@ def web_access(settings: RunSettings, *, playground: bool) -> Access:
 
 
 def make_submitter(environ: Mapping[str, str]) -> Submitter:
-    """What the adapters submit to (QUEUE_BACKEND): the in-process Engine, or a RedisSubmitter that queues jobs in
-    Redis for ``engbot worker`` hosts (this process then loads no model)."""
+    """What the adapters submit to: a RedisSubmitter that queues jobs in Redis for ``engbot worker`` hosts
+    (QUEUE_BACKEND=redis: this process then loads no model), a RemoteSubmitter that sends them to an
+    OpenAI-compatible server (MODEL_BACKEND=openai), several in-process engines (MODELS), or the in-process Engine."""
     queue = QueueSettings.from_environ(environ)
     if queue.backend == "redis":
         from engine.redis import RedisSubmitter
 
         grace = EngineSettings.from_environ(environ, check_model=False).shutdown_grace_s
         return RedisSubmitter(queue, shutdown_grace_s=grace)
+    settings = EngineSettings.from_environ(environ)
+    if settings.model_backend == "openai":
+        from engine.remote import RemoteSettings, RemoteSubmitter
+
+        return RemoteSubmitter(settings, RemoteSettings.from_environ(environ))
+    from engine.models.fleet import FleetSettings
+
+    fleet = FleetSettings.from_environ(environ)
+    if fleet is not None:  # several models (MODELS), each with its own replicas
+        from engine.local.fleet import EngineFleet
+
+        return EngineFleet(fleet)
     from engine.local import Engine
 
-    return Engine(EngineSettings.from_environ(environ))
+    return Engine(settings)
 
 
 async def serve_until_signal(submitter: Submitter, adapters: Sequence[Adapter], app_settings: AppSettings,

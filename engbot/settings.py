@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bots.channels.lookup import ChannelSettings
 from bots.registry import PLATFORMS, Platform
@@ -14,6 +14,10 @@ from bots.web.access import is_loopback
 from bots.web.settings import WebSettings
 from engine.config import LOG_FORMATS, EngineSettings, Env, QueueSettings
 from engine.errors import ConfigError
+from engine.models.fleet import FleetSettings
+
+if TYPE_CHECKING:
+    from engine.remote import RemoteSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_HTTP_HOST = "127.0.0.1"  # this machine only: the playground answers whoever reaches it
@@ -27,15 +31,21 @@ SETTING_NAMES = (
     "MAX_NEW_TOKENS", "TEMPERATURE", "TOP_P", "TOP_K", "REPEAT_PENALTY", "SEED", "REGENERATE_TEMPERATURE",
     "LOG_LEVEL", "LOG_FORMAT", "RATE_LIMIT_PER_USER", "RATE_LIMIT_PERIOD_S", "HTTP_HOST", "HTTP_PORT",
     "PLAYGROUND_TOKEN", "QUEUE_BACKEND", "REDIS_URL", "REDIS_MAX_PENDING", "REDIS_VISIBILITY_TIMEOUT_S",
-    "JOB_DEADLINE_S", "REDIS_KEY_PREFIX",
+    "JOB_DEADLINE_S", "REDIS_KEY_PREFIX", "MODELS", "DEFAULT_MODEL", "MAX_LOADED_MODELS", "OPENAI_BASE_URL",
+    "OPENAI_API_KEY", "OPENAI_MODEL", "REMOTE_MAX_INFLIGHT", "REMOTE_RETRY_S", "REMOTE_CONTINUE",
     "ENGBOT_CONFIG", "STATE_PATH", "SHOW_THINKING", "THINKING_TAGS", "FILE_MAX_BYTES", "FILE_MAX_COUNT",
     "FILE_MAX_PDF_PAGES", "FILE_EXTRACT_TIMEOUT_S",
 )
+# Read when set, and shown commented out in .env.example: an empty value there would override the image's MODELS_DIR
+# and Hugging Face's own defaults (HF_* are huggingface_hub's settings, which `engbot pull` passes on).
+OPTIONAL_NAMES = ("MODELS_DIR", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE")
+MODEL_PREFIX = "MODELS_"  # one model's own settings: MODELS_<NAME>_<SETTING> (engine/models/fleet.py)
 
 
 def is_setting(name: str) -> bool:
     """Whether ``name`` is one of engbot's settings (a platform's by its prefix)."""
-    return name in SETTING_NAMES or name.startswith(tuple(p.env_prefix for p in PLATFORMS))
+    return (name in SETTING_NAMES or name in OPTIONAL_NAMES or name.startswith(MODEL_PREFIX)
+            or name.startswith(tuple(p.env_prefix for p in PLATFORMS)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +101,8 @@ class RunSettings:
     engine: EngineSettings
     web: WebSettings
     platforms: tuple[tuple[Platform, Any], ...] = field(default=())
+    remote: RemoteSettings | None = None  # MODEL_BACKEND=openai, answered in this process
+    fleet: FleetSettings | None = None  # MODELS, answered in this process
     channels: ChannelSettings = field(default_factory=ChannelSettings)  # ENGBOT_CONFIG, personas, files, thinking
 
     @property
@@ -121,15 +133,25 @@ def check_settings(environ: Mapping[str, str], *, check_model: bool = True
     queue = attempt(lambda: QueueSettings.from_environ(environ))
     local = queue is None or queue.backend == "memory"
     engine = attempt(lambda: EngineSettings.from_environ(environ, check_model=check_model and local))
+    remote: RemoteSettings | None = None
+    fleet: FleetSettings | None = None
+    if local and engine is not None and engine.model_backend == "openai":
+        from engine.remote import RemoteSettings
+
+        remote = attempt(lambda: RemoteSettings.from_environ(environ))
+    elif local:
+        fleet = attempt(lambda: FleetSettings.from_environ(environ, check_model=check_model))
     platforms: list[tuple[Platform, Any]] = []
     for platform in PLATFORMS:
         settings = attempt(lambda platform=platform: platform.load().settings_from_environ(environ))  # type: ignore[misc]
         if settings is not None:
             platforms.append((platform, settings))
     web = attempt(lambda: web_settings_from_environ(environ))
-    # the settings file (its file, line and key), STATE_PATH (opened), FILE_*, SHOW_THINKING, THINKING_TAGS
-    channels = attempt(lambda: ChannelSettings.from_environ(environ)) \
-        if engine is not None and queue is not None else None  # (it reads both again: their errors only once)
+    # the settings file (its file, line and key), STATE_PATH, FILE_*, SHOW_THINKING, THINKING_TAGS; the models a
+    # channel may name are MODELS' (when they could be read: their errors are named once, above)
+    models_read = fleet is not None or not (local and Env(environ).raw("MODELS"))
+    channels = attempt(lambda: ChannelSettings.from_environ(environ, engine=engine, queue=queue, fleet=fleet)) \
+        if engine is not None and queue is not None and models_read else None
     if errors or app is None or queue is None or engine is None or web is None or channels is None:
         return None, errors
-    return RunSettings(app, queue, engine, web, tuple(platforms), channels), []
+    return RunSettings(app, queue, engine, web, tuple(platforms), remote, fleet, channels), []

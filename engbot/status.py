@@ -98,9 +98,10 @@ class StatusView:
                                    "slots": engine_settings.parallel_slots}
                                   for i, (state, busy) in enumerate(inner.slots())]
             report["queue"]["max"] = engine_settings.queue_max_size
-        else:
+        else:  # Redis, a model server (MODEL_BACKEND=openai) or several models (MODELS)
             report["model"] = {"where": inner.describe()}
-            report["queue"]["max"] = self.settings.queue.max_pending
+            report["queue"]["max"] = (self.settings.queue.max_pending if self.settings.queue.backend == "redis"
+                                      else self.settings.engine.queue_max_size)
         return report
 
 

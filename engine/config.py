@@ -25,7 +25,7 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOG_FORMATS = ("text", "json")
 DEFAULT_SLOTS = 8  # PARALLEL_SLOTS=auto with a GGUF model (docs/bench-peers.md)
 TEMPLATES = ("auto", "gguf", "chatml", "oasst", "llama2", "plain")
-BACKENDS = ("auto", "llama_cpp", "ctransformers")
+BACKENDS = ("auto", "llama_cpp", "ctransformers", "openai")  # openai: a remote server (engine/remote/)
 LLM_LIBS = ("auto", "avx2", "avx", "basic")
 # model types ctransformers 0.2.27 accepts for legacy GGML files
 MODEL_TYPES = (
@@ -209,8 +209,10 @@ class EngineSettings:
     def from_environ(cls, environ: Mapping[str, str], *, check_model: bool = True) -> EngineSettings:
         """Read and validate every engine setting. Raises ``ConfigError`` on the first bad value."""
         env = Env(environ)
-        model_path = _model_path(env)
         backend = env.choice("MODEL_BACKEND", "auto", BACKENDS)
+        if backend == "openai":  # the model is the server's (OPENAI_MODEL): no file here
+            check_model = False
+        model_path = _model_path(env) if backend != "openai" else Path(env.raw("MODEL_PATH") or ".")
         model_type = env.choice("MODEL_TYPE", "auto", MODEL_TYPES)
         if check_model:
             from engine.modelfile import backend_for, inspect_model
@@ -351,10 +353,32 @@ class QueueSettings:
         )
 
 
+def models_dir(environ: Mapping[str, str]) -> Path:
+    """MODELS_DIR: where ``engbot pull`` puts models and MODEL_PATH finds them by name. Default: the user's data
+    directory (``$XDG_DATA_HOME/engbot/models``, else ``~/.local/share/engbot/models``); ``/models`` in the image."""
+    raw = Env(environ).raw("MODELS_DIR")
+    if raw:
+        path = Path(raw).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise ConfigError("MODELS_DIR", raw, "expected a directory; this is a file")
+        return path
+    data = (environ.get("XDG_DATA_HOME") or "").strip()
+    return (Path(data) if data else Path.home() / ".local" / "share") / "engbot" / "models"
+
+
 def _model_path(env: Env) -> Path:
     raw = env.raw("MODEL_PATH")
-    if raw:
-        return Path(raw).expanduser().resolve()
+    if raw:  # a file, or a model in MODELS_DIR by name (``engbot models``), or the bundled one by its name
+        from engine.models.refs import short_name
+        from engine.models.store import ModelNotFound, resolve_model
+
+        bundled = default_model_path()
+        if bundled is not None and raw.strip().lower() == short_name(bundled.name) and not Path(raw).exists():
+            return bundled
+        try:
+            return resolve_model(raw, models_dir(env.environ))
+        except ModelNotFound as exc:
+            raise ConfigError("MODEL_PATH", raw, str(exc)) from None
     path = default_model_path()
     if path is None:
         raise ConfigError("MODEL_PATH", "", "not set, and the default model package is missing: "

@@ -27,6 +27,10 @@ class QueueUnavailable(EngineError):
     """The shared job queue (Redis) cannot be reached at start. The message names REDIS_URL, password masked."""
 
 
+class ModelServerUnavailable(EngineError):
+    """The model server (MODEL_BACKEND=openai) cannot be reached at start. The message names OPENAI_BASE_URL."""
+
+
 class ConfigError(EngineError):
     """A setting has a value that is not allowed. The message names the variable, the value and what is allowed."""
 

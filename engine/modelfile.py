@@ -28,6 +28,12 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
 }
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+# llama.cpp's llama_ftype (general.file_type): how the weights are quantized
+FILE_TYPES = dict(enumerate((
+    "F32", "F16", "Q4_0", "Q4_1", "", "", "", "Q8_0", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+    "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ2_XXS", "IQ2_XS", "Q2_K_S", "IQ3_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+    "IQ3_S", "IQ3_M", "IQ2_S", "IQ2_M", "IQ4_XS", "IQ1_M", "BF16", "", "", "", "TQ1_0", "TQ2_0", "MXFP4_MOE",
+)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,7 @@ class ModelFileInfo:
     name: str = ""
     tensors: int = 0
     detail: str = ""
+    quant: str = ""  # GGUF general.file_type in llama.cpp's words ("Q4_K_M"), "" when the file does not say
 
 
 def backend_for(fmt: str) -> str:
@@ -154,6 +161,7 @@ def _inspect_gguf(path: Path, size: int) -> ModelFileInfo:
         name=str(meta.get("general.name", "")),
         tensors=n_tensors,
         detail=f"GGUF v{version}",
+        quant=FILE_TYPES.get(int(meta["general.file_type"]), "") if "general.file_type" in meta else "",
     )
 
 

@@ -44,7 +44,8 @@ class Job:
     queue fairly: waiting jobs are taken in turn by user. ``prefill`` is the start of the answer that the model
     goes on from (Continue an answer cut by ``max_new_tokens``); the events carry only the new text. ``resample``
     asks for another answer than the last (Regenerate): sampled at REGENERATE_TEMPERATURE at least, with a new
-    seed, whatever the defaults say.
+    seed, whatever the defaults say. ``model`` names one of the engine's models (``MODELS=fast=...,code=...``; a
+    channel's setting): None, or a name the engine does not serve, takes its default model.
     """
 
     turns: tuple[Turn, ...]
@@ -56,6 +57,7 @@ class Job:
     user: str | None = None
     prefill: str = ""
     resample: bool = False
+    model: str | None = None
 
     @classmethod
     def ask(cls, text: str, **kwargs: object) -> Job:
@@ -125,7 +127,8 @@ class FailureKind(StrEnum):
     PROMPT_TOO_LONG = "prompt_too_long"  # the newest message alone does not fit the context
     LOAD_FAILED = "load_failed"  # no replica could load the model
     SHUTDOWN = "shutdown"  # the engine stopped before the answer was done
-    BUSY = "busy"  # no replica was free within QUEUE_TIMEOUT_S
+    BUSY = "busy"  # no replica was free within QUEUE_TIMEOUT_S (or the model server kept answering 429/503)
+    UNAVAILABLE = "unavailable"  # the model server (MODEL_BACKEND=openai) could not be reached or broke off
     ERROR = "error"  # anything else (a bug, a model library error): details in the log
 
     @classmethod

@@ -180,8 +180,8 @@ def _overrides(path: Path, scope: Scope, values: Mapping[str, Any], lines: Mappi
         if not isinstance(model, str) or not MODEL_NAME.match(model):
             raise fail("model", "expected a model name (letters, digits and . _ : / + -)")
         if checks.models and model not in checks.models:
-            raise fail("model", "only the model being served can be named here for now: "
-                       + " or ".join(repr(m) for m in sorted(checks.models)))
+            raise fail("model", "expected one of the models served (the names in MODELS, or the MODEL_PATH file's): "
+                       + ", ".join(repr(m) for m in sorted(checks.models)))
     users = _ids(found, "allowed_users", platform, fail)
     roles = found.get("allowed_roles")
     if roles is not None and platform == "slack":

@@ -96,6 +96,12 @@ class Effective:
         return None if self.sources.get("system_prompt") == "SYSTEM_PROMPT" else self.system_prompt
 
     @property
+    def job_model(self) -> str | None:
+        """For the job: the model a table of the settings file names here (one of MODELS); None: the default."""
+        named = self.sources.get("model", "").startswith("[") and self.model != "default"
+        return self.model if named else None
+
+    @property
     def job_params(self) -> GenParams | None:
         """For the job: None when nothing here changes the engine's defaults."""
         changed = any(self.sources.get(k, "").startswith(("[", "persona")) for k in ("temperature", "max_new_tokens"))

@@ -29,12 +29,20 @@ from bots.thinking import KNOWN_TAGS, show_thinking_from_environ, tags_from_envi
 from bots.tokens import BYTES_PER_TOKEN, ContextBudget, estimate_tokens
 from engine.config import EngineSettings, Env, QueueSettings
 from engine.errors import ConfigError, ModelFileError
+from engine.models.fleet import FleetSettings
 
 log = logging.getLogger("engbot.channels")
 
 POLL_S = 2.0  # how often the settings file's modification time is checked
 DEFAULT_STATE_PATH = "engbot-state.db"
 UNKNOWN_CONTEXT = 2048  # CONTEXT_LENGTH=0 and a model file this process cannot read (a Redis adapter process)
+
+
+class Unread:
+    """(``from_environ``'s default: the caller did not read MODELS, so it is read here.)"""
+
+
+UNREAD = Unread()
 
 
 class PersonaTooLong(ValueError):
@@ -64,20 +72,34 @@ class ChannelSettings:
                f"{self.store.describe()}>"
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> ChannelSettings:
+    def from_environ(cls, environ: Mapping[str, str], *, engine: EngineSettings | None = None,
+                     queue: QueueSettings | None = None, fleet: FleetSettings | Unread | None = UNREAD
+                     ) -> ChannelSettings:
         """From ENGBOT_CONFIG, STATE_PATH (or Redis with QUEUE_BACKEND=redis), SHOW_THINKING, THINKING_TAGS, the
-        FILE_* limits and the engine's settings. ``ConfigError`` for a bad value or file (with its line)."""
+        FILE_* limits and the engine's settings (``engine``, ``queue``, ``fleet``: as the caller read them; else
+        read here). With MODELS, a channel's ``model`` is one of their names. ``ConfigError`` for a bad value or
+        file (with its line)."""
         env = Env(environ)
-        engine = EngineSettings.from_environ(environ, check_model=False)
+        engine = engine or EngineSettings.from_environ(environ, check_model=False)
+        queue = queue or QueueSettings.from_environ(environ)
+        if isinstance(fleet, Unread):
+            fleet = FleetSettings.from_environ(environ, check_model=False) if env.raw("MODELS") else None
         context = engine.context_length or _trained_context(engine.model_path)
+        models = frozenset({engine.model_path.name, engine.model_path.stem, "default"})
+        default_model = engine.model_path.name
+        if fleet is not None:  # several models: the default one's context, and their names
+            spec = next(m for m in fleet.models if m.name == fleet.default)
+            context = spec.settings.context_length or _trained_context(spec.settings.model_path)
+            models, default_model = frozenset({*fleet.names, "default"}), fleet.default
+        elif engine.model_backend == "openai":  # the model is a server's: any name it may know
+            models = frozenset()
         defaults = Defaults(system_prompt=engine.system_prompt, params=engine.defaults,
-                            show_thinking=show_thinking_from_environ(env), model=engine.model_path.name)
+                            show_thinking=show_thinking_from_environ(env), model=default_model)
         raw = env.raw("ENGBOT_CONFIG")
         path = Path(raw).expanduser().resolve() if raw else None
         if path is not None and not path.is_file():
             raise ConfigError("ENGBOT_CONFIG", raw, "no such file: set it to the path of a TOML settings file, or "
                               "leave it empty")
-        queue = QueueSettings.from_environ(environ)
         store: PersonaStore
         if queue.backend == "redis":
             store = RedisPersonas(queue.redis_url, queue.key_prefix, queue.redis_url_masked)
@@ -85,7 +107,6 @@ class ChannelSettings:
             sqlite = SqlitePersonas(Path(env.raw("STATE_PATH") or DEFAULT_STATE_PATH).expanduser().resolve())
             sqlite.check()  # (created when the first persona is set)
             store = sqlite
-        models = frozenset({engine.model_path.name, engine.model_path.stem, "default"})
         return cls(defaults=defaults, budget=ContextBudget(context), config_path=path, store=store,
                    files=FileLimits.from_environ(environ), tags=tags_from_environ(env), models=models)
 

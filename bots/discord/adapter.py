@@ -281,7 +281,7 @@ class DiscordAdapter:
 
         question = Question(user=str(interaction.user.id), source=f"interaction:{interaction.id}", turns=turns,
                             system_prompt=effective.job_system_prompt, params=effective.job_params,
-                            thinking=effective.show_thinking)
+                            thinking=effective.show_thinking, model=effective.job_model)
         with self._in_flight():
             try:
                 await self.flow.answer(question, target)
@@ -361,7 +361,8 @@ class DiscordAdapter:
 
                 await self.flow.answer(Question(user=str(message.author.id), source=f"message:{message.id}",
                                                 turns=turns, system_prompt=effective.job_system_prompt,
-                                                params=effective.job_params, thinking=effective.show_thinking),
+                                                params=effective.job_params, thinking=effective.show_thinking,
+                                                model=effective.job_model),
                                        target)
             except Exception:
                 log.exception("answering message %s failed", message.id)

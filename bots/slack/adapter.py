@@ -383,7 +383,7 @@ class SlackAdapter:
 
             await self.flow.answer(Question(user=message.user, source=source(message), turns=turns,
                                             system_prompt=effective.job_system_prompt, params=effective.job_params,
-                                            thinking=effective.show_thinking), target)
+                                            thinking=effective.show_thinking, model=effective.job_model), target)
         except Exception:
             log.exception("Slack: answering %s %s failed", message.channel, message.ts)
 

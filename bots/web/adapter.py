@@ -177,7 +177,7 @@ class WebAdapter:
         effective = await self.channels.effective(Place(PLATFORM, "playground"))
         question = Question(user=session.user, source=f"{chat.id}:{asked.id}", turns=turns,
                             system_prompt=effective.job_system_prompt, params=effective.job_params,
-                            thinking=effective.show_thinking)
+                            thinking=effective.show_thinking, model=effective.job_model)
         self._spawn(self._answer(question, chat.target()), f"answering question {asked.id}")
         return web.json_response({"ok": True, "message": asked.id}, status=202)
 

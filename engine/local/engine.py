@@ -19,16 +19,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from engine.api import SHUTDOWN_REASON, Health, JobFeed, JobHandle
 from engine.backends.base import ModelInfo
 from engine.config import EngineSettings
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
+from engine.local.eviction import ModelState
 from engine.local.queue import JobQueue
 from engine.local.router import route
 from engine.local.state import JobEntry, ManagedReplica
-from engine.local.supervisor import Supervisor
+from engine.local.supervisor import CpuShare, Supervisor
 from engine.metrics import EngineMetrics
 from engine.replica.process import ReplicaProcess
 from engine.replica.protocol import JobDone, JobFailed, JobStarted, JobText, RunJob
@@ -40,6 +41,15 @@ DEDUP_TTL_S = 600.0
 DEDUP_MAX = 10_000
 
 
+class LoadGate(Protocol):
+    """Asked before an engine with no model in memory loads it (several models, MAX_LOADED_MODELS:
+    ``engine.local.fleet``); told when it has nothing more to answer."""
+
+    def may_load(self, engine: Engine) -> bool: ...
+
+    def released(self, engine: Engine) -> None: ...
+
+
 class Engine:
     """A bounded queue feeding ``NUM_WORKERS`` supervised replica processes of ``PARALLEL_SLOTS`` answers each.
 
@@ -47,10 +57,12 @@ class Engine:
     dead) hands the oldest waiting job to the replica ``router.route`` picks. Implements ``engine.api.Submitter``.
     """
 
-    def __init__(self, settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
+    def __init__(self, settings: EngineSettings, metrics: EngineMetrics | None = None, *,
+                 gate: LoadGate | None = None, cpu: CpuShare | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or EngineMetrics()
-        self._supervisor = Supervisor(settings, self.metrics, self)
+        self.gate = gate
+        self._supervisor = Supervisor(settings, self.metrics, self, cpu)
         # waiting jobs are taken in turn by user (a job without one is its own user: first come, first served)
         self._queue: JobQueue[JobEntry] = JobQueue(settings.queue_max_size, on_moved=self._on_moved,
                                                    key=lambda entry: entry.feed.job.user or entry.job_id)
@@ -85,8 +97,34 @@ class Engine:
         return len({e.replica for e in self._running})
 
     @property
+    def busy_replicas(self) -> int:
+        return self._busy_replicas()
+
+    @property
+    def replica_states(self) -> dict[str, int]:
+        return self._supervisor.states()
+
+    @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs from submit to their final event: waiting, loading or running."""
+        return len(self._entries)
+
+    @property
+    def oldest_wait(self) -> float | None:
+        """When the job first in line was submitted (monotonic), None when none waits."""
+        return self._queue.peek().submitted_at if self._queue else None
+
+    @property
+    def loaded(self) -> ModelState:
+        """"loaded" while any replica loads or holds the model, "unloading" while the last ones stop."""
+        states = {r.state for r in self._supervisor.replicas}
+        if states & {"starting", "ready"}:
+            return "loaded"
+        return "unloading" if "stopping" in states else "unloaded"
 
     @property
     def running(self) -> int:
@@ -137,6 +175,17 @@ class Engine:
             await self._supervisor.start_all()
         self._accepting = True
         self._supervisor.restart_dead()
+
+    async def load(self) -> None:
+        """Load the model now (LOAD_ON_FLY otherwise waits for a question). Raises ``ModelFileError``."""
+        await self._supervisor.start_all()
+        for replica in self._supervisor.replicas:
+            self._supervisor.idle(replica)
+        self.dispatch()
+
+    async def unload(self) -> None:
+        """Stop the replicas that answer nothing (all of them, for a model that is not answering)."""
+        await self._supervisor.unload_idle()
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -231,6 +280,8 @@ class Engine:
             return None
         replica = replicas[chosen.replica]
         if chosen.start:
+            if self.gate is not None and self.loaded != "loaded" and not self.gate.may_load(self):
+                return None  # another model must make room first: the job waits in line
             self._supervisor.start(replica)
         return replica
 
@@ -337,7 +388,7 @@ class Engine:
             queue_wait = entry.started_at - entry.submitted_at
             self.metrics.queue_wait.observe(queue_wait)
             self._running.add(entry)
-            self._supervisor.busy.value = self._busy_replicas()
+            self._supervisor.cpu.report(self, self._busy_replicas())
             entry.seq = next(self._seq)
             job = feed.job
             system = self.settings.system_prompt if job.system_prompt is None else job.system_prompt
@@ -377,7 +428,7 @@ class Engine:
             if not feed.done and not requeued:  # the task itself was cancelled (hard shutdown)
                 self._finish(entry, Failed(FailureKind.SHUTDOWN, SHUTDOWN_REASON, "".join(entry.pieces)))
             self._running.discard(entry)
-            self._supervisor.busy.value = self._busy_replicas()
+            self._supervisor.cpu.report(self, self._busy_replicas())
             self._supervisor.release(replica, entry)
 
     def _finish(self, entry: JobEntry, event: Done | Failed) -> None:
@@ -400,6 +451,8 @@ class Engine:
         )
         if not self._entries:
             self._idle.set()
+            if self.gate is not None:
+                self.gate.released(self)
 
     # ---- stopping ----
 

@@ -48,12 +48,27 @@ class Dispatcher(Protocol):
         """Run a task the engine keeps track of (and waits for at shutdown)."""
 
 
+class CpuShare:
+    """How many replicas generate now, in an integer the replicas read (NUM_THREADS=auto shares the CPUs among
+    them): one per process, shared by the engines of several models (MODELS), each reporting its own count."""
+
+    def __init__(self) -> None:
+        self.counter = shared_counter()
+        self._counts: dict[int, int] = {}
+
+    def report(self, owner: object, busy: int) -> None:
+        self._counts[id(owner)] = busy
+        self.counter.value = sum(self._counts.values())
+
+
 class Supervisor:
     """``NUM_WORKERS`` replica processes and their states."""
 
-    def __init__(self, settings: EngineSettings, metrics: EngineMetrics, engine: Dispatcher) -> None:
+    def __init__(self, settings: EngineSettings, metrics: EngineMetrics, engine: Dispatcher,
+                 cpu: CpuShare | None = None) -> None:
         self.settings, self.metrics, self.engine = settings, metrics, engine
-        self.busy = shared_counter()  # replicas generating now, for NUM_THREADS=auto
+        self.cpu = cpu or CpuShare()
+        self.busy = self.cpu.counter  # replicas generating now, for NUM_THREADS=auto
         self.replicas = [ManagedReplica(ReplicaProcess(i, settings, busy=self.busy))
                          for i in range(settings.num_workers)]
         for replica in self.replicas:
@@ -186,6 +201,19 @@ class Supervisor:
             replica.state = "stopped"
             replica.conversations.clear()
             self.engine.dispatch()
+
+    async def unload_idle(self) -> None:
+        """Stop every ready replica that has no job now (another model needs the memory)."""
+        idle = [r for r in self.replicas if r.state == "ready" and not r.jobs]
+        for replica in idle:
+            replica.cancel_timer()
+            replica.state = "stopping"
+        try:
+            await asyncio.gather(*(r.process.stop() for r in idle))
+        finally:
+            for replica in idle:
+                replica.state = "stopped"
+                replica.conversations.clear()
 
     def cancel_timers(self) -> None:
         for replica in self.replicas:

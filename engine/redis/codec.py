@@ -17,7 +17,7 @@ def job_to_json(job: Job) -> str:
         "id": job.id, "turns": [[t.role, t.content] for t in job.turns],
         "params": asdict(job.params) if job.params is not None else None, "platform": job.platform,
         "dedup_key": job.dedup_key, "system_prompt": job.system_prompt, "user": job.user, "prefill": job.prefill,
-        "resample": job.resample,
+        "resample": job.resample, "model": job.model,
     }, ensure_ascii=False)
 
 
@@ -30,6 +30,7 @@ def job_from_json(text: str) -> Job:
         platform=str(d.get("platform", "cli")), dedup_key=d.get("dedup_key"),
         system_prompt=d.get("system_prompt"), id=str(d["id"]), user=d.get("user"),
         prefill=str(d.get("prefill") or ""), resample=bool(d.get("resample")),
+        model=str(d["model"]) if d.get("model") else None,
     )
 
 

@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -46,6 +46,10 @@ from engine.redis.codec import event_to_wire, job_from_json, merge_text
 from engine.redis.keys import RELEASED, Keys
 from engine.redis.scripts import HAND_BACK, REFRESH, TAKE_OVER, WRITE_EVENTS
 from engine.types import FINAL_EVENTS, Event, Failed, FailureKind, Job, Queued, Started, TextPiece
+
+if TYPE_CHECKING:
+    from engine.local.fleet import EngineFleet
+    from engine.remote import RemoteSubmitter
 
 log = logging.getLogger("engbot.redis")
 
@@ -96,9 +100,10 @@ class RedisHost:
     name = "redis"  # for /readyz
 
     def __init__(self, settings: QueueSettings, engine_settings: EngineSettings, *,
-                 consumer: str | None = None) -> None:
+                 consumer: str | None = None, engine: Engine | RemoteSubmitter | EngineFleet | None = None) -> None:
         self.settings = settings
-        self.engine = Engine(engine_settings)
+        # the local replicas, or a model server (MODEL_BACKEND=openai): hosts in front of an inference cluster
+        self.engine: Engine | RemoteSubmitter | EngineFleet = engine or Engine(engine_settings)
         self.capacity = self.engine.capacity  # answers at once
         # unique per process even where host names and process ids repeat (containers with host networking, each
         # PID 1; a restarted container): ownership checks compare consumer names
@@ -149,9 +154,9 @@ class RedisHost:
             raise
         self._loops = [asyncio.create_task(self._claim_loop(), name="engbot-redis-claims"),
                        asyncio.create_task(self._refresh_loop(), name="engbot-redis-refresh")]
-        log.info("host %s takes up to %d jobs at once from %s (%d replicas x %d slots, visibility timeout %g s)",
-                 self.consumer, self.capacity, self.settings.redis_url_masked, self.engine.settings.num_workers,
-                 self.engine.settings.parallel_slots, self.settings.visibility_timeout_s)
+        log.info("host %s takes up to %d jobs at once from %s (%s; visibility timeout %g s)",
+                 self.consumer, self.capacity, self.settings.redis_url_masked, self.engine.describe(),
+                 self.settings.visibility_timeout_s)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: claim nothing more, let running jobs finish for up to ``grace_s`` (SHUTDOWN_GRACE_S), then hand

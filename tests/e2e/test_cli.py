@@ -337,3 +337,36 @@ def test_doctor_channel_shows_what_a_channel_gets_and_where_it_comes_from(tmp_pa
     bad = engbot("doctor", "--channel", "C0123ABCD", cwd=tmp_path, env=env)
     assert bad.returncode == 2
     assert f"{config}:3: slack.channel.C0123ABCD.temperature: expected a number from 0 to 5" in bad.stderr
+
+
+def test_ask_picks_one_of_several_models(tmp_path: Path) -> None:
+    pythia = write_gpt_neox_ggml(tmp_path / "pythia.bin", ftype="q5_0")  # a second, different model
+    env = {"MODELS": f"fast=smollm2-135m-instruct.q4_1,code={pythia}", "MODELS_CODE_CONTEXT_LENGTH": "512",
+           "MAX_LOADED_MODELS": "1"}
+    proc = engbot("ask", "Hi", cwd=tmp_path, env=env)  # the default MAX_NEW_TOKENS does not fit that context
+    assert proc.returncode == 2 and "for the model 'code' of MODELS" in proc.stderr, proc.stderr
+    assert "MODELS_CODE_MAX_NEW_TOKENS sets it" in proc.stderr
+    env["MODELS_CODE_MAX_NEW_TOKENS"] = "64"
+    plain = engbot("ask", "What is the capital of France?", "--max-tokens", "12", cwd=tmp_path)
+    fast = engbot("ask", "What is the capital of France?", "--max-tokens", "12", "--model", "fast", cwd=tmp_path,
+                  env=env)
+    code = engbot("ask", "What is the capital of France?", "--max-tokens", "12", "--model", "code", cwd=tmp_path,
+                  env=env)
+    assert plain.returncode == fast.returncode == code.returncode == 0, fast.stderr + code.stderr
+    assert fast.stdout == plain.stdout  # the bundled model, by its short name: the same greedy answer
+    assert code.stdout.strip() and code.stdout != fast.stdout  # the other model answered
+    bad = engbot("ask", "Hi", cwd=tmp_path, env={**env, "DEFAULT_MODEL": "slow"})
+    assert bad.returncode == 2 and "DEFAULT_MODEL='slow' is not valid" in bad.stderr
+
+
+def test_doctor_checks_each_of_several_models(tmp_path: Path) -> None:
+    pythia = write_gpt_neox_ggml(tmp_path / "pythia.bin", ftype="q5_0")
+    env = {"MODELS": f"fast=smollm2-135m-instruct.q4_1,code={pythia}", "MODELS_CODE_CONTEXT_LENGTH": "512",
+           "MODELS_CODE_MAX_NEW_TOKENS": "64", "MAX_LOADED_MODELS": "1"}
+    proc = engbot("doctor", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "model fast (DEFAULT_MODEL)" in proc.stdout and "model code;" in proc.stdout
+    assert "MODELS_CODE_<SETTING>" in proc.stdout and "gpt_neox" in proc.stdout and "llama" in proc.stdout
+    assert proc.stdout.splitlines().count("OK") == 2 and "least recently used" in proc.stdout
+    proc = engbot("doctor", cwd=tmp_path, env={**env, "MODELS": "fast=smollm2-135m-instruct.q4_1,code=nope"})
+    assert proc.returncode == 2 and "MODELS='code=nope' is not valid" in proc.stderr, proc.stderr

@@ -30,6 +30,8 @@ from engbot.run import serve_until_signal
 from engbot.settings import AppSettings
 from engine.api import JobHandle
 from engine.local import Engine
+from engine.local.fleet import EngineFleet
+from engine.models.fleet import FleetSettings
 from engine.types import Done, Failed, FailureKind, Job
 from testkit.fake_slack import FakeSlack
 from testkit.ggml import write_scripted_ggml
@@ -231,6 +233,30 @@ async def test_the_settings_file_reaches_the_jobs_and_is_reloaded_on_sighup(
     assert recorder.jobs[-1].params is not None and recorder.jobs[-1].params.temperature == 0.9
     stop.set()
     assert await asyncio.wait_for(app, 30) == 0
+
+
+async def test_a_channel_whose_settings_name_another_model_is_answered_by_it(
+        slack: FakeSlack, connect: Connect, model_path: Path, tmp_path: Path) -> None:
+    code = write_scripted_ggml(tmp_path / "code.bin", [" code", " model", " here"])
+    config = tmp_path / "engbot.toml"
+    config.write_text("[slack.channel.C0CODE]\nmodel = 'code'\n")
+    environ = {"MODELS": f"fast={model_path},code={code}", "MODELS_CODE_CONTEXT_LENGTH": "512",
+               "NUM_WORKERS": "1", "NUM_THREADS": "1", "TEMPERATURE": "0", "MAX_NEW_TOKENS": "16",
+               "ENGBOT_CONFIG": str(config), "STATE_PATH": str(tmp_path / "state.db")}
+    fleet_settings = FleetSettings.from_environ(environ)
+    assert fleet_settings is not None
+    fleet = EngineFleet(fleet_settings)
+    await fleet.start()
+    try:
+        recorder = Recorder(fleet)
+        await connect(recorder, ChannelSettings.from_environ(environ))
+        asked = await ask(slack, "Write a loop.", channel="C0CODE")
+        other = await ask(slack, "Write a loop.")
+        assert [j.model for j in recorder.jobs] == ["code", None]  # the channel's model; DEFAULT_MODEL elsewhere
+        assert (await slack.wait_final(asked["ts"], "C0CODE")).strip() == "code model here"  # that model's words
+        assert (await slack.wait_final(other["ts"])).strip() not in ("", "code model here")
+    finally:
+        await fleet.stop(grace_s=0)
 
 
 # ---- files ----

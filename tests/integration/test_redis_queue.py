@@ -157,8 +157,9 @@ def test_settings_are_validated_and_the_password_masked() -> None:
 
 def test_jobs_and_events_survive_the_wire() -> None:
     job = Job((Turn("user", "Héllo"), Turn("assistant", "Hi"), Turn("user", "2+2?")), params=GREEDY,
-              platform="slack", dedup_key="ev1", system_prompt="Be brief.")
+              platform="slack", dedup_key="ev1", system_prompt="Be brief.", model="code")
     assert job_from_json(job_to_json(job)) == job
+    assert job_from_json(job_to_json(Job.ask("Hi"))).model is None
     for event in (Queued(2), Started(0, 0.1, 12, 1, attempt=2), TextPiece("ünï"),
                   Done("x", 1, 2, "stop", 0.1, 0.2, 0.3), Failed("timeout", "too long", "par")):
         wire = event_to_wire(event, attempt=3, seq=7)

@@ -129,3 +129,13 @@ async def test_regenerate_obeys_the_rate_limit() -> None:
     told = Told()
     await flow.press(Press(Action.REGENERATE, engine.jobs[0].id, "U1"), told)
     assert told.texts == [Messages.RATE_LIMITED.format(seconds=60)] and len(engine.jobs) == 1
+
+
+async def test_the_questions_model_answers_it_and_its_regenerations() -> None:
+    engine, target = ScriptedEngine(answer("First answer.")), MemoryTarget()
+    engine.scripts = [answer("First answer."), answer("Second answer.")]
+    flow = AnswerFlow("test", engine, RateLimiter(0, 60), STYLE)
+    asked = question()
+    await flow.answer(Question(asked.user, asked.source, asked.turns, model="code"), target)
+    await flow.press(Press(Action.REGENERATE, engine.jobs[0].id, "U1"), Told())
+    assert [job.model for job in engine.jobs] == ["code", "code"]

@@ -83,6 +83,23 @@ def test_the_job_gets_only_what_differs_from_the_engines_defaults() -> None:
     assert plain.job_system_prompt is None and plain.job_params is None
     persona = resolve(ChannelConfig(), DEFAULTS, Place("slack", "C1"), Persona("Be brief."))
     assert persona.job_system_prompt == "Be brief." and persona.job_params is None
+    assert plain.job_model is None and persona.job_model is None
+
+
+def test_a_channel_names_one_of_several_models(tmp_path: Path, model_path: Path) -> None:
+    path = write(tmp_path, "[slack]\nmodel = 'default'\n\n[slack.channel.C0CODE]\nmodel = 'code'\n")
+    environ = {"MODELS": f"fast={model_path},code={model_path}", "DEFAULT_MODEL": "fast", "ENGBOT_CONFIG": str(path),
+               "STATE_PATH": str(tmp_path / "s.db")}
+    settings = ChannelSettings.from_environ(environ)
+    code = resolve(settings.config, settings.defaults, Place("slack", "C0CODE"))
+    assert code.job_model == "code" and code.sources["model"] == f"[slack.channel.C0CODE] in {path}:5"
+    other = resolve(settings.config, settings.defaults, Place("slack", "C0OTHER"))
+    assert other.model == "default" and other.job_model is None  # DEFAULT_MODEL answers
+    assert resolve(settings.config, settings.defaults, Place("discord", "1")).model == "fast"
+    path.write_text("[slack.channel.C0CODE]\nmodel = 'coder'\n")
+    with pytest.raises(ConfigError, match="expected one of the models served") as refused:
+        ChannelSettings.from_environ(environ)
+    assert "'code', 'default', 'fast'" in str(refused.value) and f"{path}:2" in str(refused.value)
 
 
 @pytest.mark.parametrize("text,line,key,why", [
@@ -92,7 +109,7 @@ def test_the_job_gets_only_what_differs_from_the_engines_defaults() -> None:
     ("[slack.channel.general]\ntemperature = 1\n", 1, "slack.channel.general", "expected a Slack channel ID"),
     ("[discord.channel.1]\nallowed_users = ['bob']\n", 2, "discord.channel.1.allowed_users", "Discord user IDs"),
     ("[slack.channel.C01]\nallowed_roles = ['1']\n", 2, "slack.channel.C01.allowed_roles", "Slack has no roles"),
-    ("[defaults]\nmodel = 'llama-70b'\n", 2, "defaults.model", "only the model being served"),
+    ("[defaults]\nmodel = 'llama-70b'\n", 2, "defaults.model", "expected one of the models served"),
     ("[defaults]\nshow_thinking = 'maybe'\n", 2, "defaults.show_thinking", "collapsed, off, on"),
     ("[defaults]\nsystem_prompt = '''" + "word " * 2000 + "'''\n", 2, "defaults.system_prompt",
      "and at most 736 tokens fit: the context holds 2,048 tokens, 512 are kept for the answer"),

@@ -11,7 +11,7 @@ from dotenv import dotenv_values
 from bots.web.access import Access, bearer, hostname, is_loopback, same_origin
 from engbot.connect import pause_before
 from engbot.run import web_access
-from engbot.settings import SETTING_NAMES, AppSettings, check_settings, is_setting
+from engbot.settings import OPTIONAL_NAMES, SETTING_NAMES, AppSettings, check_settings, is_setting
 
 ROOT = Path(__file__).resolve().parents[2]
 SLACK = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-A1-2-abc"}
@@ -34,6 +34,11 @@ SLACK = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-A1-2-abc"
     ({"THINKING_TAGS": "<think>"}, "THINKING_TAGS"),
     ({"FILE_MAX_COUNT": "-1"}, "FILE_MAX_COUNT"),
     ({"FILE_EXTRACT_TIMEOUT_S": "0"}, "FILE_EXTRACT_TIMEOUT_S"),
+    ({"MODEL_BACKEND": "openai"}, "OPENAI_BASE_URL"),  # the remote backend's settings are run's too
+    ({"MODEL_BACKEND": "openai", "OPENAI_BASE_URL": "ftp://x"}, "OPENAI_BASE_URL"),
+    ({"MODELS": "fast=never-pulled-model"}, "MODELS"),  # and so are several models'
+    ({"MODELS": "a=smollm2-135m-instruct.q4_1", "DEFAULT_MODEL": "b"}, "DEFAULT_MODEL"),
+    ({"MODELS": "a=smollm2-135m-instruct.q4_1", "MODELS_A_NUM_WORKERS": "0"}, "MODELS_A_NUM_WORKERS"),
 ])
 def test_every_setting_run_refuses_is_named(environ: dict[str, str], named: str) -> None:
     settings, errors = check_settings(environ, check_model=False)
@@ -72,6 +77,21 @@ def test_every_setting_is_known_and_documented_once() -> None:
         assert is_setting(name)
     assert not is_setting("PATH") and not is_setting("HOME")
     assert set(dotenv_values(ROOT / ".env.example")) == set(documented)
+    # set only when wanted: shown commented out (an empty value would override the image's or the hub's default)
+    commented = [line[2:].split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
+                 if line.startswith("# ") and "=" in line and line[2:].split("=", 1)[0].isupper()]
+    assert set(OPTIONAL_NAMES) <= set(commented) and not set(OPTIONAL_NAMES) & set(documented)
+    assert is_setting("MODELS_CODE_NUM_WORKERS") and is_setting("HF_TOKEN")
+
+
+def test_run_checks_the_settings_of_the_backend_it_uses() -> None:
+    settings, errors = check_settings({"MODEL_BACKEND": "openai", "OPENAI_BASE_URL": "http://vllm:8000/v1"})
+    assert settings is not None and settings.remote is not None and settings.fleet is None, errors
+    settings, errors = check_settings({"MODELS": "a=smollm2-135m-instruct.q4_1,b=smollm2-135m-instruct.q4_1"})
+    assert settings is not None and settings.fleet is not None and settings.fleet.names == ("a", "b"), errors
+    # with QUEUE_BACKEND=redis the hosts answer: their model settings are not this process's business
+    settings, errors = check_settings({"QUEUE_BACKEND": "redis", "MODELS": "a=never-pulled-model"})
+    assert settings is not None and settings.fleet is None, errors
 
 
 def test_the_local_url_of_the_playground() -> None:
