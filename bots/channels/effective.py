@@ -68,6 +68,7 @@ class Defaults:
     history_chars: int = 24_000
     show_thinking: ShowThinking = "collapsed"
     model: str = ""
+    model_source: str = "MODEL_PATH"  # (DEFAULT_MODEL with several models)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ def resolve(config: ChannelConfig, defaults: Defaults, place: Place, persona: Pe
         system_prompt=system_prompt, params=params,
         history_chars=pick("history_chars", defaults.history_chars, "built-in"),
         show_thinking=pick("show_thinking", defaults.show_thinking, "SHOW_THINKING"),
-        model=pick("model", defaults.model, "MODEL_PATH"),
+        model=pick("model", defaults.model, defaults.model_source),
         allowed_users=pick("allowed_users", frozenset[str](), "everyone"),
         allowed_roles=pick("allowed_roles", frozenset[str](), "everyone"),
         persona=persona, sources=sources,

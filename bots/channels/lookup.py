@@ -86,15 +86,19 @@ class ChannelSettings:
             fleet = FleetSettings.from_environ(environ, check_model=False) if env.raw("MODELS") else None
         context = engine.context_length or _trained_context(engine.model_path)
         models = frozenset({engine.model_path.name, engine.model_path.stem, "default"})
-        default_model = engine.model_path.name
+        default_model, model_source = engine.model_path.name, "MODEL_PATH"
         if fleet is not None:  # several models: the default one's context, and their names
             spec = next(m for m in fleet.models if m.name == fleet.default)
             context = spec.settings.context_length or _trained_context(spec.settings.model_path)
             models, default_model = frozenset({*fleet.names, "default"}), fleet.default
-        elif engine.model_backend == "openai":  # the model is a server's: any name it may know
-            models = frozenset()
+            model_source = "DEFAULT_MODEL"
+        elif engine.model_backend == "openai":  # the model is a server's (one: jobs cannot pick another there)
+            served = env.raw("OPENAI_MODEL") or ""
+            default_model, model_source = served or "the server's own", "OPENAI_MODEL"
+            models = frozenset({"default", served} - {""})
         defaults = Defaults(system_prompt=engine.system_prompt, params=engine.defaults,
-                            show_thinking=show_thinking_from_environ(env), model=default_model)
+                            show_thinking=show_thinking_from_environ(env), model=default_model,
+                            model_source=model_source)
         raw = env.raw("ENGBOT_CONFIG")
         path = Path(raw).expanduser().resolve() if raw else None
         if path is not None and not path.is_file():

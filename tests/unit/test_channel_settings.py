@@ -95,7 +95,8 @@ def test_a_channel_names_one_of_several_models(tmp_path: Path, model_path: Path)
     assert code.job_model == "code" and code.sources["model"] == f"[slack.channel.C0CODE] in {path}:5"
     other = resolve(settings.config, settings.defaults, Place("slack", "C0OTHER"))
     assert other.model == "default" and other.job_model is None  # DEFAULT_MODEL answers
-    assert resolve(settings.config, settings.defaults, Place("discord", "1")).model == "fast"
+    discord = resolve(settings.config, settings.defaults, Place("discord", "1"))
+    assert discord.model == "fast" and discord.sources["model"] == "DEFAULT_MODEL"
     path.write_text("[slack.channel.C0CODE]\nmodel = 'coder'\n")
     with pytest.raises(ConfigError, match="expected one of the models served") as refused:
         ChannelSettings.from_environ(environ)
