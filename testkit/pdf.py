@@ -55,12 +55,13 @@ def text_pdf(pages: Sequence[str]) -> bytes:
     return build_pdf([_content(text) for text in pages])
 
 
-def encrypted_pdf(pages: Sequence[str], password: str = "secret") -> bytes:
-    """The same, encrypted with a user password (RC4, which pypdf reads without extra packages)."""
+def encrypted_pdf(pages: Sequence[str], password: str = "secret", algorithm: str = "RC4-128") -> bytes:
+    """The same, encrypted with a user password (RC4 by default; ``AES-256`` needs pypdf's crypto extra). With the
+    password "", anyone may open it: only its permissions are restricted, as with many PDFs people share."""
     from pypdf import PdfReader, PdfWriter
 
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(text_pdf(pages))))
-    writer.encrypt(user_password=password, owner_password=password + "-owner", algorithm="RC4-128")
+    writer.encrypt(user_password=password, owner_password=password + "-owner", algorithm=algorithm)
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()

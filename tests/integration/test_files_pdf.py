@@ -30,6 +30,12 @@ async def test_only_the_first_pages_are_read_and_the_total_is_known() -> None:
     assert pdf.pages == 12 and len(pdf.texts) == 5 and "Page number 5" in pdf.texts[4]
 
 
+async def test_a_pdf_encrypted_with_an_empty_password_is_read() -> None:
+    data = encrypted_pdf(["Open to anyone, printing restricted."], password="", algorithm="AES-256")
+    pdf = await read_pdf(data, max_pages=10, timeout_s=30, memory_bytes=MEMORY)
+    assert pdf.pages == 1 and "Open to anyone, printing restricted." in pdf.texts[0]
+
+
 @pytest.mark.parametrize("data,reason", [
     (encrypted_pdf(["secret plans"]), "it is encrypted (password protected)"),
     (damaged_pdf(), "it could not be read as a PDF (damaged or malformed)"),
