@@ -51,8 +51,9 @@ def channel_report(environ: Mapping[str, str], channel: str, *, guild: str | Non
     _line("allowed users", ", ".join(sorted(effective.allowed_users)) or "everyone", sources["allowed_users"])
     if platform == "discord":
         _line("allowed roles", ", ".join(sorted(effective.allowed_roles)) or "everyone", sources["allowed_roles"])
-    _line("context", f"{settings.budget.context_tokens:,} tokens; a persona may take up to "
-          f"{settings.budget.persona_tokens(effective.params.max_new_tokens):,}")
+    budget = settings.budget_for(effective)
+    _line("context", f"{budget.context_tokens:,} tokens; a persona may take up to "
+          f"{budget.persona_tokens(effective.params.max_new_tokens):,}")
     if error is not None:
         print(f"FAIL: the persona could not be read: {error}")
         return 1

@@ -55,9 +55,11 @@ class ChannelSettings:
     def __init__(self, *, defaults: Defaults | None = None, budget: ContextBudget | None = None,
                  config_path: Path | None = None, store: PersonaStore | None = None,
                  files: FileLimits | None = None, tags: Sequence[tuple[str, str]] = KNOWN_TAGS,
-                 models: frozenset[str] = frozenset(), poll_s: float = POLL_S) -> None:
+                 models: frozenset[str] = frozenset(), poll_s: float = POLL_S,
+                 budgets: Mapping[str, ContextBudget] | None = None) -> None:
         self.defaults = defaults or Defaults()
-        self.budget = budget or ContextBudget()
+        self.budget = budget or ContextBudget()  # the default model's context
+        self.budgets = dict(budgets or {})  # with several models (MODELS): each one's, by name
         self.checks = Checks(self.budget, self.defaults.params.max_new_tokens, models)
         self.config_path = config_path
         self.store: PersonaStore = store or MemoryPersonas()
@@ -87,9 +89,11 @@ class ChannelSettings:
         context = engine.context_length or _trained_context(engine.model_path)
         models = frozenset({engine.model_path.name, engine.model_path.stem, "default"})
         default_model, model_source = engine.model_path.name, "MODEL_PATH"
+        budgets: dict[str, ContextBudget] = {}
         if fleet is not None:  # several models: the default one's context, and their names
-            spec = next(m for m in fleet.models if m.name == fleet.default)
-            context = spec.settings.context_length or _trained_context(spec.settings.model_path)
+            budgets = {m.name: ContextBudget(m.settings.context_length or _trained_context(m.settings.model_path))
+                       for m in fleet.models}
+            context = budgets[fleet.default].context_tokens
             models, default_model = frozenset({*fleet.names, "default"}), fleet.default
             model_source = "DEFAULT_MODEL"
         elif engine.model_backend == "openai":  # the model is a server's (one: jobs cannot pick another there)
@@ -112,7 +116,8 @@ class ChannelSettings:
             sqlite.check()  # (created when the first persona is set)
             store = sqlite
         return cls(defaults=defaults, budget=ContextBudget(context), config_path=path, store=store,
-                   files=FileLimits.from_environ(environ), tags=tags_from_environ(env), models=models)
+                   files=FileLimits.from_environ(environ), tags=tags_from_environ(env), models=models,
+                   budgets=budgets)
 
     # ---- what applies where ----
 
@@ -126,9 +131,13 @@ class ChannelSettings:
             persona = None
         return resolve(self.config, self.defaults, place, persona)
 
+    def budget_for(self, effective: Effective) -> ContextBudget:
+        """The context of the model that answers there (a channel may name one of MODELS)."""
+        return self.budgets.get(effective.model, self.budget)
+
     def files_budget_bytes(self, effective: Effective, question: str) -> int:
         """Bytes of file text that fit with the system prompt, the question and room for the answer."""
-        tokens = self.budget.prompt_tokens(effective.params.max_new_tokens) - estimate_tokens(
+        tokens = self.budget_for(effective).prompt_tokens(effective.params.max_new_tokens) - estimate_tokens(
             effective.system_prompt) - estimate_tokens(question)
         return max(0, tokens) * BYTES_PER_TOKEN
 
@@ -148,7 +157,7 @@ class ChannelSettings:
         """Store ``text`` as the persona of ``place``'s channel. ``PersonaTooLong`` (with the numbers) when it does
         not fit the context; ``StoreError`` when it cannot be stored."""
         effective = await self.effective(place)
-        why = persona_too_long(text, self.budget, effective.params.max_new_tokens)
+        why = persona_too_long(text, self.budget_for(effective), effective.params.max_new_tokens)
         if why:
             raise PersonaTooLong(why)
         persona = Persona(text, by, time.time())

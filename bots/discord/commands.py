@@ -113,7 +113,7 @@ class DiscordCommands:
 
         request = SummaryRequest(user=str(user.id), source=f"message:{message.id}", read=read,
                                  system_prompt=effective.system_prompt, params=effective.params,
-                                 budget=self.channels.budget, thinking=effective.show_thinking,
+                                 budget=self.channels.budget_for(effective), thinking=effective.show_thinking,
                                  model=effective.job_model)
         try:
             await self.summaries.summarize(request, target)

@@ -105,7 +105,7 @@ class SlackCommands:
 
         request = SummaryRequest(user=user, source=f"{channel}:{thread_ts}", read=read,
                                  system_prompt=effective.system_prompt, params=effective.params,
-                                 budget=self.channels.budget, thinking=effective.show_thinking,
+                                 budget=self.channels.budget_for(effective), thinking=effective.show_thinking,
                                  model=effective.job_model)
         target = SlackTarget(self.thread(channel, thread_ts), lambda: None, received)
         await self.summaries.summarize(request, target)

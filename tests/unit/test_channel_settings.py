@@ -89,11 +89,14 @@ def test_the_job_gets_only_what_differs_from_the_engines_defaults() -> None:
 def test_a_channel_names_one_of_several_models(tmp_path: Path, model_path: Path) -> None:
     path = write(tmp_path, "[slack]\nmodel = 'default'\n\n[slack.channel.C0CODE]\nmodel = 'code'\n")
     environ = {"MODELS": f"fast={model_path},code={model_path}", "DEFAULT_MODEL": "fast", "ENGBOT_CONFIG": str(path),
-               "STATE_PATH": str(tmp_path / "s.db")}
+               "STATE_PATH": str(tmp_path / "s.db"), "CONTEXT_LENGTH": "2048", "MODELS_CODE_CONTEXT_LENGTH": "1024",
+               "MODELS_CODE_MAX_NEW_TOKENS": "128"}
     settings = ChannelSettings.from_environ(environ)
     code = resolve(settings.config, settings.defaults, Place("slack", "C0CODE"))
     assert code.job_model == "code" and code.sources["model"] == f"[slack.channel.C0CODE] in {path}:5"
+    assert settings.budget_for(code).context_tokens == 1024  # (files, personas and summaries plan with it)
     other = resolve(settings.config, settings.defaults, Place("slack", "C0OTHER"))
+    assert settings.budget_for(other).context_tokens == 2048
     assert other.model == "default" and other.job_model is None  # DEFAULT_MODEL answers
     discord = resolve(settings.config, settings.defaults, Place("discord", "1"))
     assert discord.model == "fast" and discord.sources["model"] == "DEFAULT_MODEL"
