@@ -68,6 +68,9 @@ def test_doctor_on_the_default_model_and_on_a_ggml_file(tmp_path: Path) -> None:
         assert fact in proc.stdout, fact
     assert "verysecretvalue" not in proc.stdout and "xoxb-***" in proc.stdout and "xapp-***" in proc.stdout
     assert re.search(r"slack +configured", proc.stdout) and "status page only" in proc.stdout
+    state = tmp_path / "engbot-state.db"
+    assert f"settings file none; personas in SQLite file {state} (STATE_PATH)" in proc.stdout
+    assert not state.exists()  # checked, not made: doctor leaves nothing behind
     model = write_gpt_neox_ggml(tmp_path / "pythia.bin", ftype="q5_0")
     proc = engbot("doctor", cwd=tmp_path, env={"MODEL_PATH": str(model), "CONTEXT_LENGTH": "512",
                                                 "MAX_NEW_TOKENS": "32"})
