@@ -78,8 +78,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 engbot \
     && useradd --uid 10001 --gid engbot --create-home --shell /usr/sbin/nologin engbot \
-    && mkdir -p /models /app \
-    && chown engbot:engbot /app
+    && mkdir -p /models /app/state \
+    && chown engbot:engbot /app /app/state
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

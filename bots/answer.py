@@ -23,14 +23,30 @@ from bots.answers import Answer, AnswerButtons, Answers
 from bots.limits import RateLimiter
 from bots.messages import Messages, failure_text, queued_text
 from bots.metrics import feedback_counter
+from bots.notes import notes_block
 from bots.presses import FEEDBACK, Action, Press, Refuse, judge
 from bots.sink import Accepting, AnswerTarget, Opened, Reply
 from bots.stream import AnswerControls, MessageChain, StreamStyle, restart, stream_reply
+from bots.thinking import KNOWN_TAGS, ShowThinking, hide_thinking
 from engine.api import JobHandle, Submitter
 from engine.errors import DuplicateJob, EngineClosed, QueueFull
 from engine.types import Done, Failed, FailureKind, GenParams, Job, Turn
 
 Tell = Callable[[str], Awaitable[None]]  # a word to one person only (an ephemeral message)
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What ``Question.turns`` may return instead of the bare turns: the conversation, and notes shown above the
+    answer (a file that was cut or skipped)."""
+
+    turns: tuple[Turn, ...]
+    notes: tuple[str, ...] = ()
+
+
+class Unanswerable(Exception):
+    """Raised by ``Question.turns`` when there is nothing to answer (say, only files, none readable): ``str(exc)``
+    is the notice the asker gets instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +56,18 @@ class Question:
     ``source`` names what is answered, uniquely on the platform (``C0123:1700000000.000100``, ``message:42``):
     with ``attempt`` it makes the job's dedup key, so a platform's second delivery of one event is answered once,
     and a second attempt at the same question (regenerate) is a new job. ``turns`` reads the conversation (a
-    thread's history): it runs only once the rate limit let the question through.
+    thread's history, the question's files): it runs only once the rate limit let the question through, and may
+    return ``Asked`` (with notes) or raise ``Unanswerable``. ``system_prompt`` and ``params`` are the channel's
+    (``bots.channels``; None: the engine's own), ``thinking`` how a reasoning model's thinking is shown.
     """
 
     user: str  # who asks: the rate limit's key, the one who may steer the answer
     source: str
-    turns: Callable[[], Awaitable[tuple[Turn, ...]]]
+    turns: Callable[[], Awaitable[tuple[Turn, ...] | Asked]]
     attempt: int = 1
     params: GenParams | None = None
     system_prompt: str | None = None
+    thinking: ShowThinking = "collapsed"
     model: str | None = None  # which of the engine's models answers (a channel's setting); None: the default
 
     def dedup_key(self, platform: str) -> str:
@@ -67,9 +86,10 @@ class AnswerFlow:
 
     def __init__(self, platform: str, submitter: Submitter, limiter: RateLimiter, style: StreamStyle, *,
                  controls: Callable[[JobHandle], AnswerControls] | None = None,
-                 mention: Callable[[str], str] = lambda user: user, answers: Answers | None = None) -> None:
+                 mention: Callable[[str], str] = lambda user: user, answers: Answers | None = None,
+                 thinking_tags: tuple[tuple[str, str], ...] = KNOWN_TAGS) -> None:
         self.platform, self.submitter, self.limiter, self.style = platform, submitter, limiter, style
-        self.controls, self.mention = controls, mention
+        self.controls, self.mention, self.thinking_tags = controls, mention, thinking_tags
         self.answers = answers if answers is not None else Answers()
         self.log = logging.getLogger(f"engbot.{platform}")  # the platform's own log: its lines read as one story
 
@@ -79,22 +99,28 @@ class AnswerFlow:
         """Answer ``question`` at ``target``; the final event, or None when no answer was started (a notice was
         given instead, or the question was a duplicate). Raises only what the target raised while accepting the
         question or giving a notice (the caller logs it)."""
-        if not await self._allowed(question.user, target.notice):
+        if not await self.admit(question.user, target.notice):
             return None
         if isinstance(target, Accepting):
             await target.accept()  # before anything that can wait: reading the thread, a submit over Redis
         try:
-            turns = await question.turns()
+            read = await question.turns()
+            asked = read if isinstance(read, Asked) else Asked(read)
+            turns = asked.turns
             job = Job(turns=turns, params=question.params, platform=self.platform,
                       dedup_key=question.dedup_key(self.platform), system_prompt=question.system_prompt,
                       user=f"{self.platform}:{question.user}", model=question.model)
+        except Unanswerable as exc:
+            await target.notice(str(exc))
+            return None
         except Exception:
             self.log.exception("the conversation of a question from user %s could not be read", question.user)
             await self._say_failed(target, None, None)
             return None
-        handle = await self._submit(job, target.notice)
-        if handle is None:
+        submitted = await self.submit(job, target.notice)
+        if submitted is None:
             return None
+        handle = hide_thinking(submitted, question.thinking, self.thinking_tags, preamble=notes_block(asked.notes))
         opened: Opened | None = None
         chain: MessageChain | None = None
         record: Answer | None = None
@@ -103,7 +129,8 @@ class AnswerFlow:
                 controls = self.controls(handle)
             else:
                 record = Answer(question.user, question.source, turns, question.system_prompt, job.id,
-                                attempt=question.attempt, handle=handle, model=question.model)
+                                attempt=question.attempt, handle=handle, params=question.params,
+                                thinking=question.thinking, notes=asked.notes, model=question.model)
                 controls = AnswerButtons(record)
             opened = await target.open(Reply(_placeholder(handle), controls.live()))
             chain = MessageChain.of(opened.message_id, opened.shown) if opened.message_id else MessageChain([], [])
@@ -111,11 +138,11 @@ class AnswerFlow:
                 record.sink, record.chain = opened.sink, chain
                 self.answers.add(record)
             if opened.stream is not None:  # the platform's own streaming
-                final = await opened.stream.run(handle, chain, controls=controls, failure=self._failure(record),
+                final = await opened.stream.run(handle, chain, controls=controls, failure=self.failure_for(record),
                                                 stop=lambda: self._stopped_natively(job.id))
             else:
                 final = await stream_reply(handle, opened.sink, chain, self.style, controls=controls,
-                                           failure=self._failure(record))
+                                           failure=self.failure_for(record))
             if record is not None:
                 record.ended(final)
             return final
@@ -145,7 +172,10 @@ class AnswerFlow:
         if press.action is Action.STOP:
             record.stopped_by = press.user
             self.log.info("job %s stopped by user %s", record.job_id[:8], press.user)
-            self.submitter.cancel(record.job_id)  # the answer's own stream shows it, with the text so far
+            if record.on_stop is not None:
+                record.on_stop()
+            else:
+                self.submitter.cancel(record.job_id)  # the answer's own stream shows it, with the text so far
         elif press.action in FEEDBACK:
             if press.user in record.voted:
                 await tell(Messages.VOTED)
@@ -164,16 +194,19 @@ class AnswerFlow:
     async def _again(self, record: Answer, press: Press, tell: Tell) -> None:
         """Regenerate (another answer instead of this one) or Continue (go on where it was cut), in the same
         messages, as a new job that obeys the rate limit and the queue."""
-        if not await self._allowed(press.user, tell):
+        if not await self.admit(press.user, tell):
             return
         attempt = record.attempt + 1
         continuing = press.action is Action.CONTINUE
-        job = Job(turns=record.turns, platform=self.platform, system_prompt=record.system_prompt,
-                  dedup_key=dedup_key(self.platform, record.source, attempt), user=f"{self.platform}:{record.asker}",
-                  prefill=record.text if continuing else "", resample=not continuing, model=record.model)
-        handle = await self._submit(job, tell)
-        if handle is None:
+        job = Job(turns=record.turns, params=record.params, platform=self.platform,
+                  system_prompt=record.system_prompt, dedup_key=dedup_key(self.platform, record.source, attempt),
+                  user=f"{self.platform}:{record.asker}", prefill=record.text if continuing else "",
+                  resample=not continuing, model=record.model)
+        submitted = await self.submit(job, tell)
+        if submitted is None:
             return
+        handle = hide_thinking(submitted, record.thinking, self.thinking_tags,
+                               preamble="" if continuing else notes_block(record.notes))
         self.log.info("job %s: %s of job %s by user %s", job.id[:8], press.action, record.job_id[:8], press.user)
         record.job_id, record.attempt, record.handle = job.id, attempt, handle
         record.final = record.stopped_by = None
@@ -199,7 +232,7 @@ class AnswerFlow:
                 await sink.edit(chain.ids[0], placeholder)
                 chain.shown[0] = placeholder
             final = await stream_reply(handle, sink, chain, self.style, controls=controls,
-                                       failure=self._failure(record))
+                                       failure=self.failure_for(record))
             record.ended(final)
         except Exception:
             self.log.exception("answering job %s failed", job.id[:8])
@@ -208,14 +241,16 @@ class AnswerFlow:
 
     # ---- shared steps ----
 
-    async def _allowed(self, user: str, tell: Tell) -> bool:
+    async def admit(self, user: str, tell: Tell) -> bool:
+        """Whether ``user`` is within the rate limit; if not, ``tell`` them how long to wait."""
         wait = self.limiter.check(user)
         if wait:
             self.log.info("user %s is over the rate limit", user)
             await tell(Messages.RATE_LIMITED.format(seconds=math.ceil(wait)))
         return not wait
 
-    async def _submit(self, job: Job, tell: Tell) -> JobHandle | None:
+    async def submit(self, job: Job, tell: Tell) -> JobHandle | None:
+        """Submit ``job``; None (and ``tell`` says why: busy, unavailable) when it was not taken."""
         try:
             return await self.submitter.submit(job)
         except DuplicateJob:
@@ -229,7 +264,8 @@ class AnswerFlow:
             await tell(Messages.FAILED)
         return None
 
-    def _failure(self, record: Answer | None) -> Callable[[Failed], str]:
+    def failure_for(self, record: Answer | None) -> Callable[[Failed], str]:
+        """The note a failed answer ends with (a Stop names who pressed it)."""
         def text(event: Failed) -> str:
             if event.kind is FailureKind.CANCELLED and record is not None and record.stopped_by is not None:
                 return Messages.STOPPED_BY.format(who=self.mention(record.stopped_by))

@@ -4,6 +4,7 @@ day later) gets a clear word instead (``bots/presses.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bots.limits import Recent
@@ -11,8 +12,9 @@ from bots.messages import Messages
 from bots.presses import Action, AnswerState
 from bots.sink import Control, Sink
 from bots.stream import MessageChain
+from bots.thinking import ShowThinking
 from engine.api import JobHandle
-from engine.types import Done, Failed, FailureKind, Turn
+from engine.types import Done, Failed, FailureKind, GenParams, Turn
 
 ANSWERS_TTL_S = 24 * 3600.0
 ANSWERS_MAX = 5_000
@@ -36,6 +38,10 @@ class Answer:
     stopped_by: str | None = None
     busy: bool = False  # a Regenerate or Continue is being started
     voted: set[str] = field(default_factory=set)  # who rated it (one vote each)
+    params: GenParams | None = None  # the question's (its channel's settings), for another answer
+    thinking: ShowThinking = "collapsed"  # SHOW_THINKING where it was asked
+    notes: tuple[str, ...] = ()  # about the question's files, shown above every version of the answer
+    on_stop: Callable[[], None] | None = None  # what Stop does instead of cancelling ``job_id`` (a summary's parts)
     model: str | None = None  # the model that answers it (Regenerate and Continue ask the same one)
 
     def state(self) -> AnswerState:

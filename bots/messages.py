@@ -45,12 +45,33 @@ class Messages:
     NOT_ALLOWED = "Sorry, I'm not allowed to answer here."
     MOVED = "_(This answer ran longer than this message can be edited: it continues below.)_"
     RETRACTED = "_(Part of an answer that was started again: the answer is above.)_"
-    NO_TEXT = "I can only read text: please type your question (files and images are not supported)."
+    NO_TEXT = "I can only read text, text files and PDFs: please type your question."
     CURSOR = " ▌"
     # Slack's assistant status under a thread ("engbot is thinking…"), while no text is shown yet
     STATUS_THINKING = "is thinking…"
     STATUS_WAITING = "is waiting for its turn…"
     STATUS_QUEUED = "{place} in line{eta}"
+    # files in a question
+    FILES_UNREADABLE = "I could not read the attached file(s), and there is no question to answer without them:"
+    # the persona command (/engbot persona ...); only the admin who ran it reads these
+    PERSONA_USAGE = ("Usage: `{command} persona set <text>` (the system prompt answers get in this channel), "
+                     "`{command} persona show`, `{command} persona reset`.")
+    PERSONA_ADMINS_ONLY = "Only admins ({setting}) can change or see this channel's persona."
+    PERSONA_SET = "This channel's persona is set ({chars:,} characters). Answers here now start from it:\n{quoted}"
+    PERSONA_SHOW = "This channel's persona, set by {who}{when}:\n{quoted}"
+    PERSONA_NONE = "No persona is set in this channel: answers use the system prompt from {source}:\n{quoted}"
+    PERSONA_RESET = "This channel's persona is removed: answers use the system prompt from {source} again."
+    PERSONA_WAS_NONE = "No persona was set in this channel."
+    PERSONA_TOO_LONG = "That persona is too long for the model: {why}. Please shorten it."
+    PERSONA_EMPTY = "The persona text is empty. " + PERSONA_USAGE
+    PERSONA_STORE_FAILED = "⚠️ The persona could not be saved or read right now (the error has been logged)."
+    # thread summaries
+    SUMMARY_READING = "_Reading the thread…_"
+    SUMMARY_PARTS = "_Summarizing {parts} parts… ({done} of {parts} done)_"
+    SUMMARY_COMBINING = "_Combining {count} summaries…_"
+    SUMMARY_EMPTY = "There is nothing to summarize in this thread."
+    SUMMARY_UNREADABLE = "⚠️ I could not read this thread (the error has been logged)."
+    SUMMARY_NOT_ALLOWED = "Sorry, I'm not allowed to summarize here."
 
 
 def ordinal(n: int) -> str:

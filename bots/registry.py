@@ -8,9 +8,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from engine.api import Submitter
+
+if TYPE_CHECKING:
+    from bots.channels.lookup import ChannelSettings
 
 
 class Adapter(Protocol):
@@ -49,7 +52,9 @@ class PlatformModule(Protocol):
         """Its settings, checked (``ConfigError`` naming the variable); None when the platform is not configured."""
         ...
 
-    def make_adapter(self, settings: Any, submitter: Submitter) -> Adapter: ...
+    def make_adapter(self, settings: Any, submitter: Submitter, channels: ChannelSettings | None = None) -> Adapter:
+        """The adapter; ``channels``: what applies in each channel (None: defaults only, personas in memory)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,7 @@ def configured(environ: Mapping[str, str]) -> list[tuple[Platform, Any]]:
     return found
 
 
-def adapters_from_environ(environ: Mapping[str, str], submitter: Submitter) -> list[Adapter]:
-    """An adapter for every configured platform."""
-    return [platform.load().make_adapter(settings, submitter) for platform, settings in configured(environ)]
+def adapters_from_environ(environ: Mapping[str, str], submitter: Submitter,
+                          channels: ChannelSettings | None = None) -> list[Adapter]:
+    """An adapter for every configured platform, all sharing ``channels``."""
+    return [platform.load().make_adapter(settings, submitter, channels) for platform, settings in configured(environ)]

@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     _gen_options(ask)
     chat = sub.add_parser("chat", help="an interactive chat in the terminal (/reset, /exit)")
     _gen_options(chat)
-    sub.add_parser("doctor", help="check the settings, the CPU and the model, then generate a few tokens")
+    doctor = sub.add_parser("doctor", help="check the settings, the CPU and the model, then generate a few tokens")
+    doctor.add_argument("--channel", help="show the settings of this channel instead (a Slack or Discord ID)")
+    doctor.add_argument("--guild", help="with --channel: its Slack team or Discord server ID")
+    doctor.add_argument("--dm", action="store_true", help="with --channel: it is a direct message")
     sub.add_parser("run", help="run the bot: the engine, every configured adapter and the HTTP endpoints")
     sub.add_parser("worker", help="run an engine host that takes jobs from Redis (QUEUE_BACKEND=redis)")
     pull = sub.add_parser("pull", help="download a GGUF model from Hugging Face into MODELS_DIR, with progress and "
@@ -270,6 +273,10 @@ def _doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from engbot.doctor import doctor
 
     _quiet(args, environ)
+    if args.channel:
+        from engbot.doctor_channel import channel_report
+
+        return channel_report(environ, args.channel, guild=args.guild, dm=args.dm)
     return doctor(environ)
 
 

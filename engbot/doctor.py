@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from bots.registry import PLATFORMS
+from engbot.doctor_channel import describe_channels
 from engbot.run import web_access
 from engbot.settings import RunSettings, check_settings, is_setting
 from engine.config import EngineSettings, mask
@@ -43,6 +44,7 @@ def doctor(environ: Mapping[str, str]) -> int:
         return 2
     settings = checked.engine
     _platforms(checked)
+    _line("channels", describe_channels(checked.channels))
     if settings.model_backend == "openai":  # the model is a server's: its URL, key and model, and a test answer
         from engbot.doctor_remote import doctor_remote
 

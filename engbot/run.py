@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import bots.web
+from bots.channels.lookup import ChannelSettings
 from bots.registry import Adapter, adapters_from_environ, setup_hint
 from bots.web.access import Access
 from engbot.activity import Activity
@@ -38,13 +39,15 @@ def run(environ: Mapping[str, str]) -> int:
         return 2
     setup_logging(settings.app.log_level, settings.app.log_format)
     activity = Activity(make_submitter(environ))
-    adapters = adapters_from_environ(environ, activity)
+    channels = settings.channels  # ENGBOT_CONFIG, personas (STATE_PATH or Redis), FILE_*...
+    adapters = adapters_from_environ(environ, activity, channels)
     access = web_access(settings, playground=not adapters)
-    web = bots.web.make_adapter(settings.web, activity, access)
+    web = bots.web.make_adapter(settings.web, activity, access, channels)
     if not adapters:
         log.info("no chat platform is configured (set %s): the playground is the bot's platform", setup_hint())
     status = StatusView(activity, settings, environ, access)
-    return asyncio.run(serve_until_signal(activity, [*adapters, web], settings.app, status=status))
+    return asyncio.run(serve_until_signal(activity, [*adapters, web], settings.app, status=status,
+                                          channels=channels))
 
 
 def web_access(settings: RunSettings, *, playground: bool) -> Access:
@@ -88,13 +91,15 @@ def make_submitter(environ: Mapping[str, str]) -> Submitter:
 
 
 async def serve_until_signal(submitter: Submitter, adapters: Sequence[Adapter], app_settings: AppSettings,
-                             stop: asyncio.Event | None = None, *, status: StatusView | None = None) -> int:
+                             stop: asyncio.Event | None = None, *, status: StatusView | None = None,
+                             channels: ChannelSettings | None = None) -> int:
     """Start everything, wait for a signal (or ``stop``), then shut down in order: no new questions, drain the
     submitter for SHUTDOWN_GRACE_S (unfinished answers get a "restarting" reply), close the adapters.
 
     The HTTP endpoints come first (a port in use stops everything at once, naming HTTP_PORT), then the submitter
     (the model loads), then the platforms: one that cannot be reached is tried again while the rest serves
-    (``engbot.connect``); one that refuses its token raises ``ConfigError``."""
+    (``engbot.connect``); one that refuses its token raises ``ConfigError``. With ``channels``, its settings file
+    is reloaded on SIGHUP and whenever it changes."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     connections = [Connection(adapter) for adapter in adapters]
@@ -109,6 +114,10 @@ async def serve_until_signal(submitter: Submitter, adapters: Sequence[Adapter], 
         log.info("the playground and status page: %s", app_settings.local_url)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher: asyncio.Task[None] | None = None
+    if channels is not None and channels.config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, channels.reload)
+        watcher = asyncio.create_task(channels.watch(), name="engbot-config-watch")
     try:
         await submitter.start()
         log.info("%s", submitter.describe())
@@ -124,8 +133,13 @@ async def serve_until_signal(submitter: Submitter, adapters: Sequence[Adapter], 
             except Exception as exc:
                 log.warning("closing %s: %s: %s", adapter.name, type(exc).__name__, exc)
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if channels is not None:
+            await channels.close()
     log.info("stopped")
     return 0
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from bots.channels.lookup import ChannelSettings
 from bots.registry import PLATFORMS, Platform
 from bots.web import settings_from_environ as web_settings_from_environ
 from bots.web.access import is_loopback
@@ -33,6 +34,8 @@ SETTING_NAMES = (
     "PLAYGROUND_TOKEN", "QUEUE_BACKEND", "REDIS_URL", "REDIS_MAX_PENDING", "REDIS_VISIBILITY_TIMEOUT_S",
     "JOB_DEADLINE_S", "REDIS_KEY_PREFIX", "MODELS", "DEFAULT_MODEL", "MAX_LOADED_MODELS", "OPENAI_BASE_URL",
     "OPENAI_API_KEY", "OPENAI_MODEL", "REMOTE_MAX_INFLIGHT", "REMOTE_RETRY_S", "REMOTE_CONTINUE",
+    "ENGBOT_CONFIG", "STATE_PATH", "SHOW_THINKING", "THINKING_TAGS", "FILE_MAX_BYTES", "FILE_MAX_COUNT",
+    "FILE_MAX_PDF_PAGES", "FILE_EXTRACT_TIMEOUT_S",
 )
 # Read when set, and shown commented out in .env.example: an empty value there would override the image's MODELS_DIR
 # and Hugging Face's own defaults (HF_* are huggingface_hub's settings, which `engbot pull` passes on).
@@ -101,6 +104,7 @@ class RunSettings:
     platforms: tuple[tuple[Platform, Any], ...] = field(default=())
     remote: RemoteSettings | None = None  # MODEL_BACKEND=openai, answered in this process
     fleet: FleetSettings | None = None  # MODELS, answered in this process
+    channels: ChannelSettings = field(default_factory=ChannelSettings)  # ENGBOT_CONFIG, personas, files, thinking
 
     @property
     def playground_mode(self) -> bool:
@@ -144,6 +148,11 @@ def check_settings(environ: Mapping[str, str], *, check_model: bool = True
         if settings is not None:
             platforms.append((platform, settings))
     web = attempt(lambda: web_settings_from_environ(environ))
-    if errors or app is None or queue is None or engine is None or web is None:
+    # the settings file (its file, line and key), STATE_PATH, FILE_*, SHOW_THINKING, THINKING_TAGS; the models a
+    # channel may name are MODELS' (when they could be read: their errors are named once, above)
+    models_read = fleet is not None or not (local and Env(environ).raw("MODELS"))
+    channels = attempt(lambda: ChannelSettings.from_environ(environ, engine=engine, queue=queue, fleet=fleet)) \
+        if engine is not None and queue is not None and models_read else None
+    if errors or app is None or queue is None or engine is None or web is None or channels is None:
         return None, errors
-    return RunSettings(app, queue, engine, web, tuple(platforms), remote, fleet), []
+    return RunSettings(app, queue, engine, web, tuple(platforms), remote, fleet, channels), []

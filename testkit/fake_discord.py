@@ -15,7 +15,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -96,14 +96,14 @@ def guild(channels: list[Payload] | None = None) -> Payload:
 
 def message(channel_id: int, content: str, author: Payload = ALICE, *, in_guild: bool = True,
             mentions: tuple[Payload, ...] = (), roles: tuple[int, ...] = (), mention_roles: tuple[int, ...] = (),
-            reference: Payload | None = None, attachments: int = 0, type_: int = 0) -> Payload:
-    """A MESSAGE_CREATE payload; ``mentions`` are the users ``content`` mentions (Discord resolves them)."""
+            reference: Payload | None = None, files: Sequence[Payload] = (), type_: int = 0) -> Payload:
+    """A MESSAGE_CREATE payload; ``mentions`` are the users ``content`` mentions (Discord resolves them);
+    ``files`` are attachments (``FakeDiscord.attach``)."""
     data: Payload = {
         "id": str(snowflake()), "channel_id": str(channel_id), "author": author, "content": content,
         "timestamp": now_iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
         "mentions": list(mentions), "mention_roles": [str(r) for r in mention_roles],
-        "attachments": [{"id": str(snowflake()), "filename": f"file{i}.png", "size": 10, "url": "http://x/f",
-                         "proxy_url": "http://x/f"} for i in range(attachments)],
+        "attachments": [dict(f) for f in files],
         "embeds": [], "pinned": False, "type": type_, "flags": 0,
     }
     if in_guild:
@@ -119,28 +119,63 @@ def message(channel_id: int, content: str, author: Payload = ALICE, *, in_guild:
     return data
 
 
+def attachment(filename: str, size: int = 10, url: str = "https://cdn.invalid/f", content_type: str | None = None
+               ) -> Payload:
+    """An attachment as a message or an interaction carries it (``FakeDiscord.attach`` serves its bytes)."""
+    data: Payload = {"id": str(snowflake()), "filename": filename, "size": size, "url": url, "proxy_url": url}
+    if content_type:
+        data["content_type"] = content_type
+    return data
+
+
 def mention(user_payload: Payload = BOT) -> str:
     return f"<@{user_payload['id']}>"
 
 
 def interaction(prompt: str, *, channel: Payload | None = None, roles: tuple[int, ...] = (),
-                in_guild: bool = True) -> Payload:
-    """An INTERACTION_CREATE payload for ``/ask prompt:...``."""
+                in_guild: bool = True, file: Payload | None = None, user_payload: Payload = ALICE) -> Payload:
+    """An INTERACTION_CREATE payload for ``/ask prompt:...`` (``file``: an attachment for its ``file`` option)."""
+    options: list[Payload] = [{"name": "prompt", "type": 3, "value": prompt}]
+    resolved: Payload = {}
+    if file is not None:
+        options.append({"name": "file", "type": 11, "value": file["id"]})
+        resolved["attachments"] = {file["id"]: dict(file)}
+    return command_interaction({"name": "ask", "type": 1, "options": options, "resolved": resolved},
+                               channel=channel, roles=roles, in_guild=in_guild, user_payload=user_payload)
+
+
+def subcommand(name: str, path: Sequence[str], options: dict[str, str] | None = None) -> Payload:
+    """The data of a slash command run as ``/name path... option:value``, e.g. ``/engbot persona set text:...``:
+    subcommand groups (type 2) and the subcommand (type 1) nest as options."""
+    inner: list[Payload] = [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()]
+    for i, part in enumerate(reversed(path)):
+        inner = [{"name": part, "type": 1 if i == 0 else 2, "options": inner}]
+    return {"name": name, "type": 1, "options": inner}
+
+
+def message_command(name: str, target: Payload) -> Payload:
+    """The data of a message's menu command (type 3) run on ``target``, which Discord sends resolved."""
+    return {"name": name, "type": 3, "target_id": target["id"],
+            "resolved": {"messages": {target["id"]: _rest_message(target)}}}
+
+
+def command_interaction(command: Payload, *, channel: Payload | None = None, roles: tuple[int, ...] = (),
+                        in_guild: bool = True, user_payload: Payload = ALICE) -> Payload:
+    """An INTERACTION_CREATE payload (type 2) for an application command whose data is ``command``."""
     interaction_id = snowflake()
     data: Payload = {
         "id": str(interaction_id), "application_id": str(APP_ID), "type": 2, "token": f"itoken-{interaction_id}",
         "version": 1, "app_permissions": "2248473465835073", "locale": "en-US", "entitlements": [],
         "attachment_size_limit": 8 * 1024 * 1024, "context": 0 if in_guild else 1,
-        "data": {"id": str(COMMAND_ID), "name": "ask", "type": 1,
-                 "options": [{"name": "prompt", "type": 3, "value": prompt}]},
+        "data": {"id": str(COMMAND_ID), **command},
     }
     if in_guild:
         channel = channel or text_channel()
-        data.update(guild_id=str(GUILD_ID), guild_locale="en-US", member=member(ALICE, roles),
+        data.update(guild_id=str(GUILD_ID), guild_locale="en-US", member=member(user_payload, roles),
                     authorizing_integration_owners={"0": str(GUILD_ID)})
     else:
-        channel = channel or {"id": str(DM_ID), "type": 1, "recipients": [ALICE], "last_message_id": None}
-        data.update(user=ALICE, authorizing_integration_owners={"0": str(ALICE_ID)})
+        channel = channel or {"id": str(DM_ID), "type": 1, "recipients": [user_payload], "last_message_id": None}
+        data.update(user=user_payload, authorizing_integration_owners={"0": str(user_payload["id"])})
     data["channel"], data["channel_id"] = channel, channel["id"]
     return data
 
@@ -195,6 +230,9 @@ class FakeDiscord:
         self.threads: list[Payload] = []
         self.deleted: list[Payload] = []  # messages removed with DELETE
         self.members: dict[str, Payload] = {}  # user id -> guild member (GET /guilds/{id}/members/{user})
+        self.files: dict[str, bytes] = {}  # attachment id -> its bytes, served at its (signed) URL
+        self.downloads: list[tuple[str, bool]] = []  # (attachment id, served: the link had not expired)
+        self.links = 1  # the signature of attachment links handed out now; older ones have expired
         self._faults: list[tuple[str, re.Pattern[str], int, float]] = []
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = itertools.count(1)
@@ -219,6 +257,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{channel}/{file}/{name}", self._attachment)
         self._runner = web.AppRunner(app)
         self.port = 0
 
@@ -260,6 +299,30 @@ class FakeDiscord:
         for ws in self._sockets:
             if not ws.closed:
                 await ws.send_str(json.dumps({"op": 0, "t": event, "s": next(self._seq), "d": data}))
+
+    def attach(self, filename: str, data: bytes, content_type: str | None = None) -> Payload:
+        """An attachment whose bytes the fake's CDN serves, at a signed link that lasts until ``expire_links``."""
+        file = attachment(filename, len(data), "", content_type)
+        self.files[file["id"]] = data
+        return self._signed(file, CHANNEL_ID)
+
+    def expire_links(self) -> None:
+        """Every attachment link handed out so far expires (Discord's links are signed for about a day): the CDN
+        answers them 404; a message fetched again (REST) carries fresh ones."""
+        self.links += 1
+
+    def _signed(self, file: Payload, channel_id: int | str) -> Payload:
+        url = (f"http://127.0.0.1:{self.port}/attachments/{channel_id}/{file['id']}/{file['filename']}"
+               f"?ex={self.links:08x}&is=0&hm={'ab' * 16}")
+        return {**file, "url": url, "proxy_url": url}
+
+    async def _attachment(self, request: web.Request) -> web.StreamResponse:
+        file_id = request.match_info["file"]
+        fresh = request.query.get("ex") == f"{self.links:08x}" and file_id in self.files
+        self.downloads.append((file_id, fresh))
+        if not fresh:
+            return web.Response(status=404, text="This content is no longer available.")
+        return web.Response(body=self.files[file_id], content_type="application/octet-stream")
 
     async def say(self, channel_id: int, content: str, **kwargs: Any) -> Payload:
         """A user posts a message."""
@@ -364,8 +427,11 @@ class FakeDiscord:
                       "team": None, "bot": BOT})
 
     async def _sync(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
-        self.commands = [{**c, "id": str(COMMAND_ID), "application_id": str(APP_ID), "version": "1",
-                          "default_member_permissions": None, "type": c.get("type", 1)} for c in body]
+        # Discord answers with every command and its description ("" for the commands of
+        # a message's or a user's menu, which are sent without one)
+        self.commands = [{"description": "", **c, "id": str(COMMAND_ID), "application_id": str(APP_ID),
+                          "version": "1", "default_member_permissions": None, "type": c.get("type", 1)}
+                         for c in body]
         return _json(self.commands)
 
     async def _callback(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
@@ -466,8 +532,12 @@ class FakeDiscord:
         return self._remove(match.group(2))
 
     async def _history(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
+        limit = min(100, int(request.query.get("limit", 50)))  # Discord's most a page
+        if "after" in request.query:  # the first ``limit`` after it, sent newest first all the same
+            after = int(request.query["after"])
+            later = [m for m in self.messages(match.group(1)) if int(m["id"]) > after][:limit]
+            return _json([_rest_message(m) for m in reversed(later)])
         before = int(request.query.get("before", 1 << 63))
-        limit = int(request.query.get("limit", 50))
         older = [m for m in self.messages(match.group(1)) if int(m["id"]) < before]
         return _json([_rest_message(m) for m in reversed(older)][:limit])  # newest first, as Discord sends them
 
@@ -475,7 +545,8 @@ class FakeDiscord:
         found = self._find(match.group(2))
         if found is None:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
-        return _json(_rest_message(found))
+        fresh = [self._signed(a, found["channel_id"]) if a["id"] in self.files else a for a in found["attachments"]]
+        return _json({**_rest_message(found), "attachments": fresh})  # with links signed now
 
     async def _member(self, request: web.Request, match: re.Match[str], body: Any) -> web.StreamResponse:
         found = self.members.get(match.group(1))

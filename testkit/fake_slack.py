@@ -31,6 +31,7 @@ from aiohttp import WSMsgType, web
 
 from bots.messages import Messages
 from testkit.fake_slack_ai import FakeAiSurface
+from testkit.fake_slack_more import FakeSlackMore
 
 _CLOCK = itertools.count(1)  # one clock for every fake: message ts stay unique across tests (and engine dedup)
 
@@ -84,6 +85,7 @@ class FakeSlack:
         self._echoes: set[asyncio.Task[str]] = set()
         self.port = 0
         self.ai = FakeAiSurface(self)  # chat.*Stream, assistant.threads.*, and the AI surface's events
+        self.more = FakeSlackMore(self)  # files, slash commands, shortcuts
 
     # ---- lifecycle ----
 
@@ -91,6 +93,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link/", self._socket)
+        self.more.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -194,17 +197,19 @@ class FakeSlack:
                                 "is_bot": True, "is_enterprise_install": False}],
         }
 
-    async def push(self, event: dict[str, Any], *, retry_attempt: int = 0) -> str:
+    async def push(self, event: dict[str, Any], *, retry_attempt: int = 0, socket: int = -1) -> str:
         """Send an event on the socket; returns its envelope id."""
         envelope = self.envelope(event, retry_attempt=retry_attempt)
-        await self.push_raw(json.dumps(envelope), envelope["envelope_id"])
+        await self.push_raw(json.dumps(envelope), envelope["envelope_id"], socket=socket)
         return str(envelope["envelope_id"])
 
-    async def push_raw(self, text: str, envelope_id: str | None = None) -> None:
+    async def push_raw(self, text: str, envelope_id: str | None = None, *, socket: int = -1) -> None:
+        """Send ``text`` on the newest socket, or on the ``socket``-th opened: Slack spreads an app's events over
+        its open connections (one a host when several ``engbot run`` share an app)."""
         await asyncio.wait_for(self._socket_ready.wait(), 10)
         if envelope_id is not None:
             self.pushed[envelope_id] = time.monotonic()
-        await self._sockets[-1].send_str(text)
+        await self._sockets[socket].send_str(text)
 
     async def press(self, message_ts: str, action_id: str, *, user: str = "U0001", channel: str = "C0001",
                     value: str | None = None, stale: bool = False) -> str:
@@ -315,7 +320,7 @@ class FakeSlack:
         if failure is not None and not failure.acted:
             return self._failure(request, failure)
         name = "_" + method.replace(".", "_")
-        handler = getattr(self, name, None) or getattr(self.ai, name, None)
+        handler = getattr(self, name, None) or getattr(self.ai, name, None) or getattr(self.more, name, None)
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != expected:
             return web.json_response({"ok": False, "error": "invalid_auth" if token else "not_authed"})
@@ -479,8 +484,10 @@ class FakeSlack:
 
 
 def _is_interim(text: str) -> bool:
-    return text.endswith(Messages.CURSOR) or text == Messages.THINKING or text.startswith(
-        Messages.QUEUED.split("{")[0])
+    """A placeholder, a streaming message, or a summary's progress."""
+    return text.endswith(Messages.CURSOR) or text.startswith(tuple(
+        t.split("{")[0] for t in (Messages.QUEUED, Messages.THINKING, Messages.SUMMARY_READING,
+                                  Messages.SUMMARY_PARTS, Messages.SUMMARY_COMBINING)))
 
 
 def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -151,3 +151,43 @@ def write_gpt_neox_ggml(
     tokens = vocab if vocab is not None else [t.encode("ascii") for t in fixture_vocab()]
     assert len(tokens) == N_VOCAB, "the weights have one row per token of a 320-token vocabulary"
     return write_ggml(path, hparams, tokens, (record(name, a) for name, a in w.items()))
+
+
+def scripted_vocab(extra: Sequence[str]) -> list[str]:
+    """The fixture vocabulary with ``extra`` tokens (such as ``<think>``) in place of its last pieces."""
+    vocab = fixture_vocab()
+    missing = [t for t in extra if t not in vocab]
+    vocab[N_VOCAB - len(missing):] = missing
+    return vocab
+
+
+def write_scripted_ggml(path: Path, script: Sequence[str], *, after: str = "<|assistant|>",
+                        ftype: str = "f16") -> Path:
+    """A tiny gpt_neox model that answers ``script`` (a list of vocabulary tokens, each used once) token for
+    token, then ends: a real model file for the real engine, whose output is known (say, a reasoning model's
+    ``<think>…</think>`` before its answer).
+
+    How: both layers add nothing (zero output weights and biases), so the last hidden state is the current
+    token's embedding; each token of the chain has a one-hot embedding of its own, and the output row of the
+    token that follows it points the same way (the end-of-text row follows the last). Greedy decoding then walks
+    the chain from ``after`` (the OASST template's generation prompt ends with it). Other tokens' rows are small
+    and random.
+    """
+    chain = [after, *script]
+    vocab = scripted_vocab(chain)
+    ids = [vocab.index(t) for t in chain]
+    assert len(set(ids)) == len(ids), "each token of the script once (a bigram model cannot loop)"
+    w = neox_weights(n_embd=64, n_layer=2, never_stop=False)
+    e = w["gpt_neox.embed_in.weight"].shape[1]
+    assert len(chain) <= e, "one embedding dimension per token of the chain"
+    for name in w:
+        if name.endswith(("attention.dense.weight", "attention.dense.bias", "dense_4h_to_h.weight",
+                          "dense_4h_to_h.bias")):
+            w[name][:] = 0.0
+    w["embed_out.weight"] = (np.random.default_rng(1).standard_normal((N_VOCAB, e)) * 0.01).astype(np.float32)
+    for k, token in enumerate(ids):
+        w["gpt_neox.embed_in.weight"][token] = 0.0
+        w["gpt_neox.embed_in.weight"][token, k] = 8.0
+        following = ids[k + 1] if k + 1 < len(ids) else 0  # (id 0: end of text)
+        w["embed_out.weight"][following, k] = 10.0
+    return write_gpt_neox_ggml(path, ftype=ftype, weights=w, vocab=[t.encode("ascii") for t in vocab])

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (the package itself imports nothing: its modules import each other, never it)
+    from bots.channels.lookup import ChannelSettings
     from bots.discord.adapter import DiscordAdapter
     from bots.discord.settings import DiscordSettings
     from engine.api import Submitter
@@ -21,7 +22,8 @@ def settings_from_environ(environ: Mapping[str, str]) -> DiscordSettings | None:
     return DiscordSettings.from_environ(environ)
 
 
-def make_adapter(settings: DiscordSettings, submitter: Submitter) -> DiscordAdapter:
+def make_adapter(settings: DiscordSettings, submitter: Submitter,
+                 channels: ChannelSettings | None = None) -> DiscordAdapter:
     from bots.discord.adapter import DiscordAdapter
 
-    return DiscordAdapter(settings, submitter)
+    return DiscordAdapter(settings, submitter, channels)

@@ -25,15 +25,20 @@ from discord import app_commands
 from discord.webhook.async_ import async_context
 
 import bots.discord.events as ev
-from bots.answer import AnswerFlow, Question
+from bots.answer import AnswerFlow, Asked, Question
+from bots.channels.effective import Effective
+from bots.channels.lookup import ChannelSettings
 from bots.decisions import Ignore, Notice
 from bots.discord.buttons import AnswerButton
 from bots.discord.client import RebasedHTTPClient, RebasedWebhookAdapter, guarded
+from bots.discord.commands import DiscordCommands, place_of
+from bots.discord.files import incoming
 from bots.discord.settings import DiscordSettings
 from bots.discord.sink import CommandTarget, MessageTarget
 from bots.limits import RateLimiter, Recent
 from bots.messages import Messages
 from bots.stream import StreamStyle
+from bots.summarize import Summaries
 from engine.api import Submitter
 from engine.config import mask
 from engine.errors import ConfigError
@@ -71,6 +76,8 @@ class _Client(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.tree.add_command(app_commands.Command(name="ask", description="Ask the model a question",
                                                    callback=adapter.ask))
+        for command in adapter.commands.app_commands():  # /engbot persona ..., "Summarize thread"
+            self.tree.add_command(command)
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(AnswerButton)  # presses on any message's buttons, sent before a restart too
@@ -80,10 +87,11 @@ class _Client(discord.Client):
         try:
             commands = await self.tree.sync(guild=guild)
         except discord.HTTPException as exc:
-            log.error("could not register the /ask command (%s): was the bot invited with the applications.commands "
+            log.error("could not register the commands (%s): was the bot invited with the applications.commands "
                       "scope?", exc)
         else:
-            log.info("registered %s in %s", ", ".join("/" + c.name for c in commands),
+            log.info("registered %s in %s", ", ".join(("/" if c.type is discord.AppCommandType.chat_input else "")
+                                                      + c.name for c in commands),
                      f"server {guild.id}" if guild else "every server (may take up to an hour to appear)")
 
     async def on_ready(self) -> None:
@@ -101,14 +109,19 @@ class DiscordAdapter:
 
     name = "discord"
 
-    def __init__(self, settings: DiscordSettings, submitter: Submitter) -> None:
+    def __init__(self, settings: DiscordSettings, submitter: Submitter, channels: ChannelSettings | None = None
+                 ) -> None:
         self.settings, self.submitter = settings, submitter
+        self.channels = channels or ChannelSettings()  # what applies in each channel (ENGBOT_CONFIG, personas)
         self.access = settings.access
         self.flow = AnswerFlow(ev.PLATFORM, submitter,
                                RateLimiter(settings.rate_limit_per_user, settings.rate_limit_period_s),
                                StreamStyle(limit=MESSAGE_LIMIT),
-                               mention=lambda user: f"<@{user}>")  # (allowed_mentions is none: it pings nobody)
+                               mention=lambda user: f"<@{user}>",  # (allowed_mentions is none: it pings nobody)
+                               thinking_tags=self.channels.tags)
         self.interaction_ttl_s = INTERACTION_TTL_S
+        self.commands = DiscordCommands(settings, self.channels, Summaries(self.flow), taking=lambda: self._intake,
+                                        bot_id=self._bot_id, ttl_s=INTERACTION_TTL_S)
         self.message_content = True  # False once the gateway refused the privileged intent
         self._client: _Client | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -219,11 +232,27 @@ class DiscordAdapter:
         finally:
             self._replies.discard(task)
 
+    def _bot_id(self) -> int:
+        assert self._client is not None and self._client.user is not None
+        return self._client.user.id
+
+    async def _effective(self, channel: object, guild_id: int | None, user: discord.abc.User) -> Effective | None:
+        """The settings of ``channel``; None (logged) when its allowed users or roles (ENGBOT_CONFIG) leave
+        ``user`` out."""
+        effective = await self.channels.effective(place_of(channel, guild_id))
+        if effective.allows(str(user.id), [str(r) for r in ev.role_ids(user)]):
+            return effective
+        log.info("not answering user %s in channel %s: not in its allowed_users or allowed_roles (ENGBOT_CONFIG)",
+                 user.id, getattr(channel, "id", "?"))
+        return None
+
     # ---- /ask ----
 
-    @app_commands.describe(prompt="Your question")
-    async def ask(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000]) -> None:
-        """``/ask prompt:<text>``: a thinking response at once, then the answer streamed into it."""
+    @app_commands.describe(prompt="Your question", file="A text file or PDF to ask about")
+    async def ask(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000],
+                  file: discord.Attachment | None = None) -> None:
+        """``/ask prompt:<text> [file:<attachment>]``: a thinking response at once, then the answer streamed into
+        it."""
         target = CommandTarget(interaction, self.interaction_ttl_s)
         if not self._intake:
             await target.notice(Messages.UNAVAILABLE)
@@ -236,14 +265,23 @@ class DiscordAdapter:
                 log.info("refused /ask %s from user %s: %s", interaction.id, interaction.user.id, decision.reason)
             await target.notice(decision.text)
             return
-        assert self._client is not None and self._client.user is not None
-        bot_id = self._client.user.id
+        effective = await self._effective(interaction.channel, interaction.guild_id, interaction.user)
+        if effective is None:
+            await target.notice(Messages.NOT_ALLOWED)
+            return
+        bot_id = self._bot_id()
         text = ev.readable(decision.prompt, bot_id, ev.Names.lookup(interaction.guild, ev.mentioned_ids(prompt)))
 
-        async def turns() -> tuple[Turn, ...]:
-            return ev.turns_for([], text, bot_id, interaction.user)
+        async def turns() -> Asked:
+            question, notes = text, tuple[str, ...]()
+            if file is not None:
+                question, notes = await self.channels.with_files(text, incoming([file]), effective)
+            return Asked(ev.turns_for([], question, bot_id, interaction.user, max_chars=effective.history_chars),
+                         notes)
 
-        question = Question(user=str(interaction.user.id), source=f"interaction:{interaction.id}", turns=turns)
+        question = Question(user=str(interaction.user.id), source=f"interaction:{interaction.id}", turns=turns,
+                            system_prompt=effective.job_system_prompt, params=effective.job_params,
+                            thinking=effective.show_thinking, model=effective.job_model)
         with self._in_flight():
             try:
                 await self.flow.answer(question, target)
@@ -301,25 +339,38 @@ class DiscordAdapter:
                          channel.id, decision.reason)
             return
         prompt = decision.prompt if not isinstance(decision, Notice) else ""
-        target = MessageTarget(message, ev.thread_name(prompt))
+        names = [a.filename for a in message.attachments]
+        target = MessageTarget(message, ev.thread_name(prompt or ", ".join(names)))
         with self._in_flight():
             try:
                 if isinstance(decision, Notice):
                     await target.notice(decision.text)
                     return
+                effective = await self._effective(channel, message.guild.id if message.guild else None,
+                                                  message.author)
+                if effective is None:
+                    return
+                answer_to = effective
 
-                async def turns() -> tuple[Turn, ...]:
-                    return await self._turns(message, prompt, bot_id)
+                async def turns() -> Asked:
+                    question, notes = prompt, tuple[str, ...]()
+                    if message.attachments:
+                        files = incoming(list(message.attachments), lambda: channel.fetch_message(message.id))
+                        question, notes = await self.channels.with_files(prompt, files, answer_to)
+                    return Asked(await self._turns(message, question, bot_id, answer_to.history_chars), notes)
 
                 await self.flow.answer(Question(user=str(message.author.id), source=f"message:{message.id}",
-                                                turns=turns), target)
+                                                turns=turns, system_prompt=effective.job_system_prompt,
+                                                params=effective.job_params, thinking=effective.show_thinking,
+                                                model=effective.job_model),
+                                       target)
             except Exception:
                 log.exception("answering message %s failed", message.id)
 
-    async def _turns(self, message: discord.Message, prompt: str, bot_id: int) -> tuple[Turn, ...]:
-        earlier = await self._earlier(message)
+    async def _turns(self, message: discord.Message, prompt: str, bot_id: int, max_chars: int) -> tuple[Turn, ...]:
+        earlier = await self._earlier(message) if max_chars else []
         authors = await self._allowed_authors(message.guild, earlier)
-        return ev.turns_for(earlier, prompt, bot_id, message.author, authors=authors)
+        return ev.turns_for(earlier, prompt, bot_id, message.author, authors=authors, max_chars=max_chars)
 
     async def _allowed_authors(self, guild: discord.Guild | None,
                                earlier: list[discord.Message]) -> frozenset[int] | None:

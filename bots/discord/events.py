@@ -15,6 +15,7 @@ import discord
 from bots.conversation import Said, allowed, conversation
 from bots.decisions import Ask, Ignore, Notice
 from bots.messages import Messages
+from bots.notes import answer_only
 from bots.presses import Press, parse
 from engine.types import Turn
 
@@ -26,7 +27,8 @@ _NOTICES = tuple(
     text.split("{", 1)[0]
     for text in (Messages.HELP, Messages.THINKING, Messages.QUEUED, Messages.BUSY, Messages.RATE_LIMITED,
                  Messages.EMPTY_ANSWER, Messages.UNAVAILABLE, Messages.NO_TEXT, Messages.NOT_ALLOWED, Messages.MOVED,
-                 Messages.RETRACTED, Messages.STOPPED, "⚠️")
+                 Messages.RETRACTED, Messages.STOPPED, Messages.SUMMARY_READING, Messages.SUMMARY_PARTS,
+                 Messages.SUMMARY_COMBINING, Messages.SUMMARY_EMPTY, Messages.FILES_UNREADABLE, "⚠️")
 )
 _STOPPED_BY = re.compile("\n\n" + re.escape(Messages.STOPPED_BY).replace(re.escape("{who}"), "[^\n]*") + "$")
 _MENTION = re.compile(r"<(@!?|@&|#)(\d+)>")
@@ -143,9 +145,9 @@ def decide_message(message: discord.Message, bot_id: int, access: Access, *, bot
     if refusal:
         return Ignore(f"not allowed by {refusal}", log=True)
     prompt = readable(message.content, bot_id, Names.of(message))
-    if prompt:
-        return Ask(prompt)
-    if message.attachments or message.stickers:
+    if prompt or message.attachments:
+        return Ask(prompt)  # (attachments alone: the files are the question)
+    if message.stickers:
         return Notice(Messages.NO_TEXT)
     if is_dm or mentioned:
         return Notice(Messages.HELP)
@@ -174,11 +176,11 @@ def press_of(custom_id: str, user_id: int, roles: Iterable[int], admin_roles: Co
 
 
 def bot_text(text: str) -> str:
-    """The answer part of a message the bot posted: no notices, cursor or appended failure note."""
+    """The answer part of a message the bot posted: no notices, cursor, notes, thinking or failure note."""
     text = _STOPPED_BY.sub("", text.removesuffix(Messages.CURSOR).strip().removesuffix("\n\n" + Messages.STOPPED))
     if text.startswith(_NOTICES):
         return ""
-    return text.split("\n\n⚠️", 1)[0]
+    return answer_only(text.split("\n\n⚠️", 1)[0])
 
 
 def allowed_authors(access: Access, roles: Mapping[int, Collection[int]]) -> frozenset[int] | None:
@@ -189,20 +191,29 @@ def allowed_authors(access: Access, roles: Mapping[int, Collection[int]]) -> fro
     return frozenset(author for author, ids in roles.items() if access.roles & {str(i) for i in ids})
 
 
-def turns_for(earlier: Iterable[discord.Message], prompt: str, bot_id: int, asker: discord.abc.User, *,
-              names: Callable[[discord.Message], Names] = Names.of,
-              authors: Container[int] | None = None) -> tuple[Turn, ...]:
-    """The conversation for a job: ``earlier`` messages oldest first (the bot's as assistant turns), then
-    ``asker``'s ``prompt``. With several people, each one's messages carry their display name. Only messages of
-    ``authors`` (ids; None: everyone) are kept: the model never sees what anyone else wrote."""
+def said_of(messages: Iterable[discord.Message], bot_id: int, *,
+            names: Callable[[discord.Message], Names] = Names.of,
+            authors: Container[int] | None = None) -> list[Said]:
+    """Messages as the model may read them, oldest first: the bot's answers (without notes and thinking), and
+    what people wrote (only ``authors``, ids, when not None); other bots and Discord's notices left out."""
     said: list[Said] = []
-    for m in earlier:
+    for m in messages:
         if m.author.id == bot_id:
             said.append(Said(bot_text(m.content), None))
         elif m.type in ANSWERABLE_TYPES and not m.author.bot and (authors is None or m.author.id in authors):
             said.append(Said(readable(m.content, bot_id, names(m)), str(m.author.id), m.author.display_name))
+    return said
+
+
+def turns_for(earlier: Iterable[discord.Message], prompt: str, bot_id: int, asker: discord.abc.User, *,
+              names: Callable[[discord.Message], Names] = Names.of,
+              authors: Container[int] | None = None, max_chars: int = 24_000) -> tuple[Turn, ...]:
+    """The conversation for a job: ``earlier`` messages oldest first (the bot's as assistant turns), then
+    ``asker``'s ``prompt``. With several people, each one's messages carry their display name. Only messages of
+    ``authors`` (ids; None: everyone) are kept: the model never sees what anyone else wrote."""
+    said = said_of(earlier, bot_id, names=names, authors=authors)
     said.append(Said(prompt, str(asker.id), asker.display_name))
-    return conversation(said)
+    return conversation(said, max_chars=max_chars)
 
 
 def thread_name(prompt: str) -> str:

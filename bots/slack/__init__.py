@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (the package itself imports nothing: its modules import each other, never it)
+    from bots.channels.lookup import ChannelSettings
     from bots.slack.adapter import SlackAdapter
     from bots.slack.settings import SlackSettings
     from engine.api import Submitter
@@ -21,7 +22,8 @@ def settings_from_environ(environ: Mapping[str, str]) -> SlackSettings | None:
     return SlackSettings.from_environ(environ)
 
 
-def make_adapter(settings: SlackSettings, submitter: Submitter) -> SlackAdapter:
+def make_adapter(settings: SlackSettings, submitter: Submitter,
+                 channels: ChannelSettings | None = None) -> SlackAdapter:
     from bots.slack.adapter import SlackAdapter
 
-    return SlackAdapter(settings, submitter)
+    return SlackAdapter(settings, submitter, channels)

@@ -25,14 +25,18 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.answer import AnswerFlow, Question
+from bots.answer import AnswerFlow, Asked, Question
+from bots.channels.effective import Place
+from bots.channels.lookup import ChannelSettings
 from bots.decisions import Ask, Ignore, Notice
 from bots.limits import RateLimiter, Recent
 from bots.presses import Press
 from bots.slack.assistant import assistant_event, prompt_args, title_for
 from bots.slack.budget import EditBudget
 from bots.slack.client import SlackConnectError, SocketModeHandler, describe_error, read_thread, web_client
+from bots.slack.commands import SUMMARIZE_CALLBACK, SlackCommands
 from bots.slack.events import (
+    SUMMARY_EVENT,
     BotIdentity,
     CheckThread,
     Ignored,
@@ -47,15 +51,16 @@ from bots.slack.events import (
     team_of,
     thread_turns,
 )
+from bots.slack.files import SlackDownloads, files_of
 from bots.slack.native import NativeStreaming
 from bots.slack.settings import SlackSettings
 from bots.slack.sink import THREADS_TTL_S, SlackTarget, SlackThread
 from bots.stream import StreamStyle
+from bots.summarize import Summaries
 from bots.text import markdown_to_mrkdwn
 from engine.api import Submitter
 from engine.config import mask
 from engine.errors import ConfigError
-from engine.types import Turn
 
 log = logging.getLogger("engbot.slack")
 
@@ -74,16 +79,21 @@ class SlackAdapter:
 
     name = "slack"
 
-    def __init__(self, settings: SlackSettings, submitter: Submitter) -> None:
+    def __init__(self, settings: SlackSettings, submitter: Submitter, channels: ChannelSettings | None = None
+                 ) -> None:
         self.settings = settings
         self.submitter = submitter
+        self.channels = channels or ChannelSettings()  # what applies in each channel (ENGBOT_CONFIG, personas)
         self.me: BotIdentity | None = None
         self.client: AsyncWebClient | None = None
+        self.downloads: SlackDownloads | None = None
         style = StreamStyle(limit=settings.message_limit, edit_interval_s=settings.edit_interval_s,
                             render=markdown_to_mrkdwn)
         self.flow = AnswerFlow("slack", submitter,
                                RateLimiter(settings.rate_limit_per_user, settings.rate_limit_period_s), style,
-                               mention=lambda user: f"<@{user}>")
+                               mention=lambda user: f"<@{user}>", thinking_tags=self.channels.tags)
+        self.commands = SlackCommands(settings, self.channels, Summaries(self.flow), client=self._client,
+                                      me=self._me, thread=self._summary_thread)
         # chat.update is rate tier 3 for the whole workspace: every answer's edits share one budget
         self.update_budget = EditBudget(*settings.update_budget)
         self.native = NativeStreaming(settings, style)  # Slack's own streaming (SLACK_STREAMING), and its budgets
@@ -130,6 +140,7 @@ class SlackAdapter:
         be reached."""
         self._session = aiohttp.ClientSession()
         self.client = web_client(self.settings, self._session, on_rate_limited=self._slowed_down)
+        self.downloads = SlackDownloads(self.client, self._session, self.settings.bot_token, self.settings.api_url)
         try:
             auth = await self._call("SLACK_BOT_TOKEN", self.settings.bot_token, self.client.auth_test())
             self.me = BotIdentity(user_id=str(auth["user_id"]), bot_id=auth.get("bot_id"))
@@ -196,6 +207,14 @@ class SlackAdapter:
         async def on_assistant_event(body: dict[str, Any]) -> None:
             self._spawn(self._on_assistant_event(body))
 
+        async def on_command(ack: Any, body: dict[str, Any], respond: Any) -> None:
+            await ack()  # (the reply follows through the response URL, seen by the one who ran it)
+            self._spawn(self._guarded("the /engbot command", self.commands.persona(body, respond)))
+
+        async def on_shortcut(ack: Any, body: dict[str, Any]) -> None:
+            await ack()
+            self._spawn(self._guarded("a thread summary", self.commands.summarize(body)))
+
         app.event("app_mention")(on_event)
         app.event("message")(on_event)
         # the AI surface: plain listeners rather than bolt's AsyncAssistant, which would take the messages of
@@ -204,6 +223,8 @@ class SlackAdapter:
         for name in ("assistant_thread_started", "assistant_thread_context_changed", "app_home_opened"):
             app.event(name)(on_assistant_event)
         app.action(re.compile(r"^engbot:"))(on_action)
+        app.command(re.compile(r"^/"))(on_command)  # (only this app's own commands reach it: /engbot)
+        app.shortcut(SUMMARIZE_CALLBACK)(on_shortcut)
         app.error(on_error)
         return app
 
@@ -240,6 +261,27 @@ class SlackAdapter:
             raise SlackConnectError(f"cannot listen on {self.settings.http_host}:{self.settings.http_port} "
                                     f"(SLACK_HTTP_HOST/SLACK_HTTP_PORT): {exc}") from None
         log.info("Slack: receiving events at http://%s:%d%s", self.settings.http_host, self.http_port, EVENTS_PATH)
+
+    async def _guarded(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("Slack: %s failed", what)
+
+    def _client(self) -> AsyncWebClient:
+        assert self.client is not None
+        return self.client
+
+    def _me(self) -> BotIdentity:
+        assert self.me is not None
+        return self.me
+
+    def _summary_thread(self, channel: str, thread_ts: str) -> SlackThread:
+        """Where a summary goes: the thread, its posts marked as a summary (the thread does not become one the bot
+        follows)."""
+        return SlackThread(self._client(), channel, thread_ts, self._me(), posted=self._posted,
+                           update_budget=self.update_budget, with_controls=self._with_controls,
+                           metadata={"event_type": SUMMARY_EVENT, "event_payload": {"kind": "summary"}})
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -319,15 +361,29 @@ class SlackAdapter:
                 return
             assert isinstance(decision, Ask)
             me, prompt, known = self.me, decision.prompt, history
+            effective = await self.channels.effective(Place("slack", message.channel, guild=team, dm=message.is_dm))
+            if not effective.allows(message.user):
+                log.info("Slack: not answering user %s in %s: not in its allowed_users (ENGBOT_CONFIG)", message.user,
+                         message.channel)
+                return
             if message.is_dm and (not message.in_thread or self._untitled.get(thread_key)):
                 self._untitled.put(thread_key, False)  # a new conversation: its first question names it
-                self._spawn(self._set_title(message.channel, message.reply_thread_ts, prompt))
+                self._spawn(self._set_title(message.channel, message.reply_thread_ts, prompt or "Files"))
+            files = files_of(event_of(body)) if message.has_files else []
 
-            async def turns() -> tuple[Turn, ...]:
+            async def turns() -> Asked:
                 read = known if known is not None or not message.in_thread else await self._history(message)
-                return thread_turns(read or [], message, prompt, me, allowed_users=self.settings.allowed_users)
+                question, notes = prompt, tuple[str, ...]()
+                if files:
+                    assert self.downloads is not None
+                    incoming = await self.downloads.incoming(files)
+                    question, notes = await self.channels.with_files(prompt, incoming, effective)
+                return Asked(thread_turns(read or [], message, question, me, allowed_users=self.settings.allowed_users,
+                                          max_chars=effective.history_chars), notes)
 
-            await self.flow.answer(Question(user=message.user, source=source(message), turns=turns), target)
+            await self.flow.answer(Question(user=message.user, source=source(message), turns=turns,
+                                            system_prompt=effective.job_system_prompt, params=effective.job_params,
+                                            thinking=effective.show_thinking, model=effective.job_model), target)
         except Exception:
             log.exception("Slack: answering %s %s failed", message.channel, message.ts)
 

@@ -36,7 +36,7 @@ HISTORY_PAGES = 5  # conversations.replies pages of 200: the model's context hol
 IDEMPOTENT_METHODS = frozenset({
     "auth.test", "apps.connections.open", "chat.update", "chat.delete", "conversations.replies",
     "conversations.history", "conversations.info", "users.info", "assistant.threads.setStatus",
-    "assistant.threads.setTitle", "assistant.threads.setSuggestedPrompts",
+    "assistant.threads.setTitle", "assistant.threads.setSuggestedPrompts", "files.info",
 })
 # Methods whose 429 is not waited out here: the caller has something better to do than wait for Retry-After (a
 # stream that cannot start or stop falls back to edits, an append goes out later with more text in it, a status
@@ -148,12 +148,15 @@ def outcome_unknown(error: BaseException) -> bool:
                       | TimeoutError)
 
 
-async def read_thread(client: AsyncWebClient, channel: str, thread_ts: str) -> list[Any]:
-    """A thread's messages, oldest first (``conversations.replies``, up to HISTORY_PAGES pages)."""
+async def read_thread(client: AsyncWebClient, channel: str, thread_ts: str,
+                      pages: int = HISTORY_PAGES) -> list[Any]:
+    """A thread's messages, oldest first (``conversations.replies``, up to ``pages`` pages of 200, with their
+    metadata)."""
     messages: list[Any] = []
     cursor: str | None = None
-    for _ in range(HISTORY_PAGES):
-        response = await client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor)
+    for _ in range(pages):
+        response = await client.conversations_replies(channel=channel, ts=thread_ts, limit=200, cursor=cursor,
+                                                      include_all_metadata=True)
         page = response.get("messages")
         messages.extend(page if isinstance(page, list) else [])
         metadata = response.get("response_metadata")

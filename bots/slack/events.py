@@ -18,6 +18,7 @@ from typing import Any
 from bots.conversation import Said, conversation
 from bots.decisions import Ask, Ignore, Notice
 from bots.messages import Messages
+from bots.notes import answer_only
 from bots.presses import Action, parse
 from bots.sink import Control, Reply
 from engine.types import Turn
@@ -248,9 +249,9 @@ def decide(message: SlackMessage, me: BotIdentity, policy: AccessPolicy, *,
     if policy.allowed_users and message.user not in policy.allowed_users:
         return Ignore(f"{trigger} from user {message.user}, who is not in SLACK_ALLOWED_USERS", log=True)
     question = plain_text(message.text, me.user_id)
-    if not question:
-        return Notice(Messages.NO_TEXT if message.has_files else Messages.HELP)
-    return Ask(question)
+    if not question and not message.has_files:
+        return Notice(Messages.HELP)
+    return Ask(question)  # (with files and no text: the files are the question)
 
 
 # ---- thread history -> conversation -> job ----
@@ -266,8 +267,10 @@ def _ts_key(ts: str) -> tuple[int, int]:
 
 def _status_pattern() -> re.Pattern[str]:
     fixed = [Messages.THINKING, Messages.HELP, Messages.BUSY, Messages.NO_TEXT, Messages.UNAVAILABLE,
-             Messages.EMPTY_ANSWER, Messages.RETRACTED, Messages.STOPPED]
-    templates = [Messages.QUEUED, Messages.RATE_LIMITED]
+             Messages.EMPTY_ANSWER, Messages.RETRACTED, Messages.STOPPED, Messages.SUMMARY_READING,
+             Messages.SUMMARY_EMPTY]
+    templates = [Messages.QUEUED, Messages.RATE_LIMITED, Messages.SUMMARY_PARTS, Messages.SUMMARY_COMBINING,
+                 Messages.FILES_UNREADABLE + "{notes}"]
     parts = [re.escape(t) for t in fixed]
     for template in templates:
         parts.append(re.sub(r"\\\{\w+\\\}", r".*?", re.escape(template)))
@@ -285,16 +288,21 @@ def bot_text_for_history(text: str) -> str:
     if _STATUS.match(text) or text.startswith(_FAILURE_NOTE):
         return ""
     note = text.find("\n\n" + _FAILURE_NOTE)
-    return text[:note] if note >= 0 else text
+    return answer_only(text[:note] if note >= 0 else text)
 
 
 def is_from_bot(message: Mapping[str, Any], me: BotIdentity) -> bool:
     return message.get("user") == me.user_id or (me.bot_id is not None and message.get("bot_id") == me.bot_id)
 
 
+SUMMARY_EVENT = "engbot_summary"  # the metadata event type of a thread summary's message
+
+
 def bot_in_thread(history: Sequence[Any], me: BotIdentity) -> bool:
-    """Whether the bot posted in a thread (``conversations.replies`` messages)."""
-    return any(isinstance(m, Mapping) and is_from_bot(m, me) for m in history)
+    """Whether the bot answered in a thread (``conversations.replies`` messages). A summary it posted there on
+    request (its message's metadata says so) does not make the thread one the bot follows."""
+    return any(isinstance(m, Mapping) and is_from_bot(m, me) and _mapping(m.get("metadata")).get("event_type")
+               != SUMMARY_EVENT for m in history)
 
 
 def speaker_names(history: Sequence[Any], message: SlackMessage | None = None) -> dict[str, str]:
@@ -358,10 +366,13 @@ def source(message: SlackMessage) -> str:
 # ---- replies -> Web API arguments ----
 
 
-def post_args(channel: str, thread_ts: str, reply: Reply) -> dict[str, Any]:
-    """``chat.postMessage`` arguments for a reply in a thread."""
-    args = {"channel": channel, "thread_ts": thread_ts, "text": reply.text, "unfurl_links": False,
-            "unfurl_media": False}
+def post_args(channel: str, thread_ts: str, reply: Reply, metadata: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """``chat.postMessage`` arguments for a reply in a thread (with message ``metadata``, if any)."""
+    args: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts, "text": reply.text, "unfurl_links": False,
+                            "unfurl_media": False}
+    if metadata:
+        args["metadata"] = dict(metadata)
     if reply.controls:
         args["blocks"] = blocks(reply)
     return args

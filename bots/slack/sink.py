@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -39,8 +40,10 @@ class SlackThread:
 
     def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str, me: BotIdentity, *, after: str = "",
                  posted: Recent[tuple[str, str], bool] | None = None, update_budget: EditBudget | None = None,
-                 with_controls: Recent[tuple[str, str], bool] | None = None) -> None:
+                 with_controls: Recent[tuple[str, str], bool] | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
         self.client, self.channel, self.thread_ts, self.me = client, channel, thread_ts, me
+        self.metadata = metadata  # sent with every post (a summary's marks it as one)
         self.after = after
         self.posted: Recent[tuple[str, str], bool] = posted if posted is not None else Recent(THREADS_TTL_S, 20_000)
         # messages that show buttons (an edit without them must clear their blocks), shared across threads
@@ -50,7 +53,7 @@ class SlackThread:
 
     async def post(self, reply: Reply) -> str:
         text = reply.text
-        args = post_args(self.channel, self.thread_ts, reply)
+        args = post_args(self.channel, self.thread_ts, reply, self.metadata)
         try:
             response = await self.client.chat_postMessage(**args)
         except Exception as exc:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (the package itself imports nothing: its modules import each other, never it)
+    from bots.channels.lookup import ChannelSettings
     from bots.web.access import Access
     from bots.web.adapter import WebAdapter
     from bots.web.settings import WebSettings
@@ -25,7 +26,8 @@ def settings_from_environ(environ: Mapping[str, str]) -> WebSettings:
     return WebSettings.from_environ(environ)
 
 
-def make_adapter(settings: WebSettings, submitter: Submitter, access: Access) -> WebAdapter:
+def make_adapter(settings: WebSettings, submitter: Submitter, access: Access,
+                 channels: ChannelSettings | None = None) -> WebAdapter:
     from bots.web.adapter import WebAdapter
 
-    return WebAdapter(settings, submitter, access)
+    return WebAdapter(settings, submitter, access, channels)

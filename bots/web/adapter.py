@@ -25,6 +25,8 @@ from typing import Any
 from aiohttp import web
 
 from bots.answer import AnswerFlow, Question
+from bots.channels.effective import Place
+from bots.channels.lookup import ChannelSettings
 from bots.limits import RateLimiter, Recent
 from bots.messages import Messages
 from bots.presses import Press, parse
@@ -61,11 +63,16 @@ class WebAdapter:
 
     name = PLATFORM
 
-    def __init__(self, settings: WebSettings, submitter: Submitter, access: Access) -> None:
+    def __init__(self, settings: WebSettings, submitter: Submitter, access: Access,
+                 channels: ChannelSettings | None = None) -> None:
         self.settings, self.submitter, self.access = settings, submitter, access
+        # the settings file's [defaults], SHOW_THINKING and THINKING_TAGS apply here too (the playground has no
+        # channels of its own, and no persona)
+        self.channels = channels or ChannelSettings()
         self.flow = AnswerFlow(PLATFORM, submitter,
                                RateLimiter(settings.rate_limit_per_user, settings.rate_limit_period_s), STYLE,
-                               mention=lambda user: "you")  # (only the asker can stop their answer here)
+                               mention=lambda user: "you",  # (only the asker can stop their answer here)
+                               thinking_tags=self.channels.tags)
         self._sessions: Recent[str, Session] = Recent(SESSIONS_TTL_S, MAX_SESSIONS)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -167,7 +174,10 @@ class WebAdapter:
         async def turns() -> tuple[Turn, ...]:
             return chat.turns_until(asked.id)
 
-        question = Question(user=session.user, source=f"{chat.id}:{asked.id}", turns=turns)
+        effective = await self.channels.effective(Place(PLATFORM, "playground"))
+        question = Question(user=session.user, source=f"{chat.id}:{asked.id}", turns=turns,
+                            system_prompt=effective.job_system_prompt, params=effective.job_params,
+                            thinking=effective.show_thinking, model=effective.job_model)
         self._spawn(self._answer(question, chat.target()), f"answering question {asked.id}")
         return web.json_response({"ok": True, "message": asked.id}, status=202)
 

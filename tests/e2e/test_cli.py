@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bots.channels.effective import Persona
+from bots.channels.store import SqlitePersonas
 from testkit.ggml import write_gpt_neox_ggml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +68,9 @@ def test_doctor_on_the_default_model_and_on_a_ggml_file(tmp_path: Path) -> None:
         assert fact in proc.stdout, fact
     assert "verysecretvalue" not in proc.stdout and "xoxb-***" in proc.stdout and "xapp-***" in proc.stdout
     assert re.search(r"slack +configured", proc.stdout) and "status page only" in proc.stdout
+    state = tmp_path / "engbot-state.db"
+    assert f"settings file none; personas in SQLite file {state} (STATE_PATH)" in proc.stdout
+    assert not state.exists()  # checked, not made: doctor leaves nothing behind
     model = write_gpt_neox_ggml(tmp_path / "pythia.bin", ftype="q5_0")
     proc = engbot("doctor", cwd=tmp_path, env={"MODEL_PATH": str(model), "CONTEXT_LENGTH": "512",
                                                 "MAX_NEW_TOKENS": "32"})
@@ -306,6 +312,34 @@ def test_run_keeps_trying_an_unreachable_slack_while_readyz_says_why(tmp_path: P
         stderr = stop(proc)
     assert stderr.count("slack could not connect") >= 2 and "trying again in 2 s" in stderr
     assert "xoxb-1-2-x" not in stderr
+
+
+def test_doctor_channel_shows_what_a_channel_gets_and_where_it_comes_from(tmp_path: Path) -> None:
+    config = tmp_path / "engbot.toml"
+    config.write_text('[defaults]\ntemperature = 0.3\n\n[slack.channel.C0123ABCD]\nmax_new_tokens = 100\n'
+                      'allowed_users = ["U0123ABCD"]\n')
+    state = tmp_path / "state.db"
+    store = SqlitePersonas(state)
+    store.open()
+    asyncio.run(store.put("slack", "C0123ABCD", Persona("You are a pirate.", "U0ADMIN", 1_700_000_000.0)))
+    env = {"ENGBOT_CONFIG": str(config), "STATE_PATH": str(state), "SLACK_BOT_TOKEN": "xoxb-1-2-secret"}
+    proc = engbot("doctor", "--channel", "C0123ABCD", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = {line[2:20].strip(): line[20:].strip() for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert shown["system prompt"] == "'You are a pirate.'   (persona set by U0ADMIN)"
+    assert shown["temperature"] == f"0.3   ([defaults] in {config}:2)"
+    assert shown["max new tokens"] == f"100   ([slack.channel.C0123ABCD] in {config}:5)"
+    assert shown["allowed users"].startswith("U0123ABCD") and shown["persona set"].startswith("2023-11-14")
+    assert proc.stdout.rstrip().endswith("OK")
+    assert "secret" not in proc.stdout
+
+    other = engbot("doctor", "--channel", "C0999", cwd=tmp_path, env=env)  # no persona, no table of its own
+    assert other.returncode == 0 and "(SYSTEM_PROMPT)" in other.stdout and "everyone" in other.stdout
+
+    config.write_text('[slack.channel.C0123ABCD]\nmax_new_tokens = 100\ntemperature = "warm"\n')
+    bad = engbot("doctor", "--channel", "C0123ABCD", cwd=tmp_path, env=env)
+    assert bad.returncode == 2
+    assert f"{config}:3: slack.channel.C0123ABCD.temperature: expected a number from 0 to 5" in bad.stderr
 
 
 def test_ask_picks_one_of_several_models(tmp_path: Path) -> None:

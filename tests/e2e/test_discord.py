@@ -184,10 +184,12 @@ async def test_start_registers_ask_logs_the_invite_url_and_stays_quiet_about_the
     assert adapter.connected
     assert fake.identifies[0]["intents"] & MESSAGE_CONTENT_INTENT
     (sync,) = fake.calls("PUT", rf"/applications/\d+/guilds/{GUILD_ID}/commands")
-    (command,) = sync.body
-    assert command["name"] == "ask"
-    (option,) = command["options"]
+    commands = {c["name"]: c for c in sync.body}
+    assert set(commands) == {"ask", "engbot", "Summarize thread"} and commands["Summarize thread"]["type"] == 3
+    option, file = commands["ask"]["options"]
     assert option["name"] == "prompt" and option["required"] and option["max_length"] == 6000
+    assert file["name"] == "file" and file["type"] == 11 and not file["required"]  # an attachment
+    assert any("registered /ask, /engbot, Summarize thread in server" in r.getMessage() for r in caplog.records)
     invite = next(r.getMessage() for r in caplog.records if "Invite URL" in r.getMessage())
     assert "scope=bot+applications.commands" in invite and "permissions=309237713920" in invite
     assert all(TOKEN not in r.getMessage() for r in caplog.records)
@@ -199,7 +201,7 @@ async def test_start_registers_ask_logs_the_invite_url_and_stays_quiet_about_the
 async def test_without_a_guild_id_ask_is_registered_everywhere(fake: FakeDiscord, connect: AdapterFactory) -> None:
     await connect(NoEngine(), guild_id=None)
     (sync,) = fake.calls("PUT", r"/applications/\d+/commands")
-    assert [c["name"] for c in sync.body] == ["ask"]
+    assert [c["name"] for c in sync.body] == ["ask", "engbot", "Summarize thread"]
 
 
 async def test_a_refused_token_is_a_config_error(fake: FakeDiscord, connect: AdapterFactory) -> None:
@@ -281,9 +283,11 @@ async def test_unusual_prompts_each_get_a_clear_reply(
     dm = await fake.say(DM_ID, "日本の首都はどこですか？", in_guild=False)
     (answer,) = await answer_in(fake, DM_ID)
     assert answer["content"] and not answer["content"].startswith("⚠️") and dm["id"] != answer["id"]
-    files = await fake.say(CHANNEL_ID, mention(), mentions=(BOT,), attachments=1)
-    (notice,) = await answer_in(fake, files["id"])
-    assert notice["content"] == Messages.NO_TEXT
+    photo = fake.attach("photo.png", b"\x89PNG\r\n\x1a\n" + bytes(64), "image/png")
+    files = await fake.say(CHANNEL_ID, mention(), mentions=(BOT,), files=[photo])
+    (notice,) = await answer_in(fake, files["id"])  # only an image, no question: why it could not be read
+    assert notice["content"] == f"{Messages.FILES_UNREADABLE}\n• photo.png: it is a PNG image: only text files " \
+                                "and PDFs are read"
 
 
 async def test_when_the_interaction_token_runs_out_the_answer_moves_to_the_channel(

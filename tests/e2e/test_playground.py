@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -146,7 +147,7 @@ async def playground(engine_factory: EngineFactory) -> AsyncIterator[Playground]
         settings, errors = check_settings(environ, check_model=False)
         assert settings is not None, errors
         access = access or Access(None, open_without_token=True)
-        adapter = bots.web.make_adapter(WebSettings.from_environ(environ), activity, access)
+        adapter = bots.web.make_adapter(WebSettings.from_environ(environ), activity, access, settings.channels)
         adapters.append(adapter)
         status = StatusView(activity, settings, environ, access, lambda: [adapter])
         app = make_app(activity, lambda: [adapter])
@@ -320,3 +321,27 @@ async def test_continue_goes_on_in_the_same_message_and_feedback_is_counted_once
     assert [t["text"] for t in browser.of("tell")] == [Messages.THANKS, Messages.VOTED]
     registry = adapter.submitter.metrics.registry
     assert registry.get_sample_value("engbot_feedback_total", {"platform": "web", "value": "good"}) == 1.0
+
+
+async def test_the_settings_files_defaults_reach_the_playgrounds_jobs(
+        playground: Playground, browsers: Callable[..., Browser], tmp_path: Path) -> None:
+    config = tmp_path / "engbot.toml"
+    config.write_text('[defaults]\nsystem_prompt = "Answer in one short sentence."\nmax_new_tokens = 12\n')
+    base, _, activity = await playground(MAX_NEW_TOKENS=48, ENGBOT_CONFIG=str(config),
+                                         STATE_PATH=str(tmp_path / "state.db"))
+    seen: list[Job] = []
+    submit = activity.submit
+
+    async def recording(job: Job) -> Any:
+        seen.append(job)
+        return await submit(job)
+
+    activity.submit = recording  # type: ignore[method-assign]
+    browser = browsers(base)
+    assert await browser.open() == 200
+    await browser.post("/api/ask", {"text": "What is the capital of France?"})
+    await browser.wait(lambda: browser.bot() and final(browser.bot()[0]))
+    (job,) = seen
+    assert job.system_prompt == "Answer in one short sentence." and job.params is not None
+    assert job.params.max_new_tokens == 12
+    assert not (tmp_path / "state.db").exists()  # (no persona was set: no file)

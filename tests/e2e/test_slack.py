@@ -418,9 +418,11 @@ async def test_help_no_text_and_retries_after_429_and_503(slack: FakeSlack, star
     # after the 503 it read the thread, found no such post, and only then posted again
     assert attempts[1].at < slack.calls_to("conversations.replies")[-1].at < attempts[2].at
 
-    files = slack.user_says("<@UBOT>", files=[{"id": "F1", "name": "screenshot.png"}])
+    png = slack.more.upload("screenshot.png", b"\x89PNG\r\n\x1a\n" + bytes(200), "image/png")
+    files = slack.user_says("<@UBOT>", files=[png])
     await slack.push(slack.as_mention(files))
-    assert await slack.wait_final(files["ts"]) == Messages.NO_TEXT
+    assert await slack.wait_final(files["ts"]) == (f"{Messages.FILES_UNREADABLE}\n• screenshot.png: it is a PNG "
+                                                   "image: only text files and PDFs are read")
 
 
 @pytest.mark.parametrize("failure", ["500 after posting", "500 before posting", "lost connection after posting",

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from bots.registry import Adapter
     from engbot.cli import main as engbot_main
 
-    def adapters(environ: Mapping[str, str], engine: Submitter) -> list[Adapter]:
+    def adapters(environ: Mapping[str, str], engine: Submitter, channels: object = None) -> list[Adapter]:
         return [FakePlatform(engine, environ.get("FAKE_PLATFORM_QUESTION") or None)]
 
     engbot.run.adapters_from_environ = adapters  # the only difference from `engbot run`

@@ -28,6 +28,12 @@ SLACK = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-A1-2-abc"
     ({"DISCORD_BOT_TOKEN": "a b"}, "DISCORD_BOT_TOKEN"),
     ({"PLAYGROUND_TOKEN": "short"}, "PLAYGROUND_TOKEN"),
     ({"NUM_WORKERS": "0"}, "NUM_WORKERS"),
+    ({"ENGBOT_CONFIG": "/nonexistent/engbot.toml"}, "ENGBOT_CONFIG"),
+    ({"STATE_PATH": "/"}, "STATE_PATH"),
+    ({"SHOW_THINKING": "maybe"}, "SHOW_THINKING"),
+    ({"THINKING_TAGS": "<think>"}, "THINKING_TAGS"),
+    ({"FILE_MAX_COUNT": "-1"}, "FILE_MAX_COUNT"),
+    ({"FILE_EXTRACT_TIMEOUT_S": "0"}, "FILE_EXTRACT_TIMEOUT_S"),
     ({"MODEL_BACKEND": "openai"}, "OPENAI_BASE_URL"),  # the remote backend's settings are run's too
     ({"MODEL_BACKEND": "openai", "OPENAI_BASE_URL": "ftp://x"}, "OPENAI_BASE_URL"),
     ({"MODELS": "fast=never-pulled-model"}, "MODELS"),  # and so are several models'

@@ -113,10 +113,10 @@ def test_access_lists_deny_others_but_not_silently() -> None:
     assert silent(decide(reply, ME, AccessPolicy(allowed_channels=frozenset({"C0OTHER"}))))
 
 
-def test_empty_mentions_get_help_and_files_alone_get_the_no_text_notice() -> None:
+def test_empty_mentions_get_help_and_files_alone_are_the_question() -> None:
     assert decide(message(p.EMPTY_MENTION), ME, EVERYONE) == Notice(Messages.HELP)
     files = message(p.FILES_ONLY_MENTION)
-    assert files.has_files and decide(files, ME, EVERYONE) == Notice(Messages.NO_TEXT)
+    assert files.has_files and decide(files, ME, EVERYONE) == Ask("")
 
 
 @pytest.mark.parametrize("payload", [
