@@ -48,10 +48,6 @@ from engine.types import GenParams
 log = logging.getLogger("engbot.replica")
 
 BATCH_TOKENS = 512
-# llama.cpp computes a batch in pieces of this many tokens, and its compute buffer is sized for one piece (with
-# the logits of every token in it: 98 MiB per replica at 512 for a 49k-token vocabulary, 25 MiB at 128). Prompts
-# read no slower in pieces of 128 on these CPUs (bench/memory.py's notes in docs/bench-memory.md).
-UBATCH_TOKENS = 128
 PENALTY_LAST_N = 64  # llama-cpp-python's default window for the repeat penalty
 
 
@@ -113,8 +109,10 @@ class BatchedLlama:
         if self.slots > self._batch_tokens:  # llama.cpp would abort the process creating the context
             raise ConfigError("PARALLEL_SLOTS", self.slots, f"at most {self._batch_tokens} with a KV cache of "
                               f"{self.kv_tokens} tokens (one token of each answer goes into every batch)")
-        params.n_batch = self._batch_tokens
-        params.n_ubatch = min(self._batch_tokens, max(UBATCH_TOKENS, self.slots))
+        # one piece per batch: a smaller n_ubatch would shrink llama.cpp's compute buffer (98 -> 25 MiB at 128),
+        # but every piece pays a cost that grows with the cache in use: deep in a long prompt, reading it in
+        # pieces of 128 was 20-30% slower (docs/bench-memory.md)
+        params.n_batch = params.n_ubatch = self._batch_tokens
         params.n_seq_max = self.slots
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = True  # one pool of cells for every sequence
