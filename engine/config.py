@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOG_FORMATS = ("text", "json")
-DEFAULT_SLOTS = 8  # PARALLEL_SLOTS=auto with a GGUF model (docs/bench-peers.md)
+DEFAULT_SLOTS = 16  # PARALLEL_SLOTS=auto with a GGUF model: shared by the replicas (docs/bench-peers.md)
 TEMPLATES = ("auto", "gguf", "chatml", "oasst", "llama2", "plain")
 BACKENDS = ("auto", "llama_cpp", "ctransformers", "openai")  # openai: a remote server (engine/remote/)
 LLM_LIBS = ("auto", "avx2", "avx", "basic")
@@ -201,10 +201,11 @@ class EngineSettings:
 
     @property
     def layout(self) -> str:
-        """Replicas, threads and slots in words, for logs: "2 replicas x auto threads (of 2 CPUs) x 8 slots"."""
+        """Replicas, threads and slots in words, for logs: "1 replica x auto threads (of 2 CPUs) x 16 slots"."""
         threads = f"auto threads (of {self.num_threads} CPUs)" if self.adaptive_threads else \
             f"{self.num_threads} thread{'s' if self.num_threads > 1 else ''}"
-        return f"{self.num_workers} replicas x {threads} x {self.parallel_slots} slots"
+        replicas = f"{self.num_workers} replica{'s' if self.num_workers > 1 else ''}"
+        return f"{replicas} x {threads} x {self.parallel_slots} slots"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, check_model: bool = True) -> EngineSettings:
@@ -242,8 +243,12 @@ class EngineSettings:
         adaptive = threads is None
         num_threads = cpus if threads is None else threads
         per_replica = 1 if adaptive else num_threads
-        replicas = env.int_or_auto("NUM_WORKERS", max(1, min(2, cpus // per_replica)), lo=1, hi=64)
-        num_workers = max(1, cpus // per_replica) if replicas is None else replicas
+        # GGUF with NUM_THREADS=auto: one replica batching every answer on every CPU, as llama-server does (as fast
+        # at 1-16 answers at once, 30% less memory, long prompts read on every CPU: docs/bench-peers.md);
+        # otherwise one replica per CPU share (ctransformers answers one question at a time per replica)
+        one = adaptive and backend == "llama_cpp"
+        replicas = env.int_or_auto("NUM_WORKERS", 1 if one else max(1, min(2, cpus // per_replica)), lo=1, hi=64)
+        num_workers = (1 if one else max(1, cpus // per_replica)) if replicas is None else replicas
         if not adaptive and num_workers * num_threads > cpus:
             log.warning(
                 "NUM_WORKERS x NUM_THREADS = %d x %d = %d is more than the %d CPUs here: generations will "
@@ -251,7 +256,7 @@ class EngineSettings:
             )
         slots_raw = env.raw("PARALLEL_SLOTS")
         if not slots_raw or slots_raw.lower() == "auto":  # batching pays on GGUF models (docs/benchmarks.md)
-            slots = DEFAULT_SLOTS if backend == "llama_cpp" else 1
+            slots = max(1, DEFAULT_SLOTS // num_workers) if backend == "llama_cpp" else 1
         else:
             slots = env.int("PARALLEL_SLOTS", 1, lo=1, hi=64)
         if slots > 1 and backend != "llama_cpp":

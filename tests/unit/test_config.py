@@ -73,7 +73,8 @@ def test_defaults_and_valid_values(model_path: Path) -> None:
     s = EngineSettings.from_environ({})
     assert s.model_path == model_path and s.model_backend == "llama_cpp"
     assert s.system_prompt == "You are a helpful assistant." and s.defaults.max_new_tokens == 512
-    assert s.parallel_slots == 8  # auto, for a GGUF model
+    assert s.num_workers == 1 and s.parallel_slots == 16  # auto, for a GGUF model: one replica batching all
+    assert EngineSettings.from_environ({"NUM_WORKERS": "2"}).parallel_slots == 8  # 16 shared out
     assert s.adaptive_threads and s.kv_cache_tokens == 0  # NUM_THREADS=auto, KV_CACHE_TOKENS=auto
     s = EngineSettings.from_environ({"NUM_WORKERS": "3", "LOAD_ON_FLY": "yes", "TEMPERATURE": "0",
                                      "SYSTEM_PROMPT": "", "PROMPT_TEMPLATE": "ChatML"})
@@ -84,9 +85,9 @@ def test_defaults_and_valid_values(model_path: Path) -> None:
 def test_adaptive_threads_share_the_cpus_this_process_may_use() -> None:
     cpus = len(os.sched_getaffinity(0))
     s = EngineSettings.from_environ({"NUM_THREADS": "auto"})
-    assert s.adaptive_threads and s.num_threads == cpus and s.num_workers == min(2, cpus)
+    assert s.adaptive_threads and s.num_threads == cpus and s.num_workers == 1  # one replica on every CPU
     s = EngineSettings.from_environ({"NUM_THREADS": "auto", "NUM_WORKERS": "auto"})
-    assert s.num_workers == cpus
+    assert s.num_workers == 1 and s.layout == f"1 replica x auto threads (of {cpus} CPUs) x 16 slots"
     s = EngineSettings.from_environ({"NUM_THREADS": "2", "NUM_WORKERS": "auto"})
     assert not s.adaptive_threads and s.num_workers == max(1, cpus // 2)
 
