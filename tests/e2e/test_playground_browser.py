@@ -129,7 +129,7 @@ def test_ask_watch_it_stream_stop_it_and_read_the_status(engbot_run: str, page: 
     page.wait_for_selector("#status-queue td:text('answering')")
     assert page.locator("#status-ready").inner_text().startswith("Ready")
     assert "SmolLM2-135M-Instruct" in page.locator("#status-model").inner_text()
-    assert "1/8 slots" in page.locator("#status-replicas").inner_text()
+    assert "1/16 slots" in page.locator("#status-replicas").inner_text()  # the default: one replica, 16 slots
 
     answer.locator("button[data-action=stop]").click()
     stopped = Messages.STOPPED_BY.format(who="you").strip("_")  # (rendered in italics)
