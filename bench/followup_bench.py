@@ -4,11 +4,12 @@ prompt, and how soon does it get its first token? One host and two hosts, side b
     python -m bench.followup_bench [--threads 4] [--doc-tokens 1400] [--out docs/bench-followup.md]
 
 Scenario, for one ``engbot worker``-like host (NUM_THREADS=2) and for two (NUM_THREADS=1 each, the same 2 CPUs),
-both in this process behind a redis-server of their own: ``--threads`` threads start with a question about a
-document of about ``--doc-tokens`` tokens (the first turn: the whole prompt is read), then get two follow-ups each,
-one thread at a time (the holder has room) and then all threads at once. Measured where an adapter sees the events:
-time to first token of first turns and follow-ups, the share of the prompt read from cache, and where the
-follow-ups ran (the hosts' ``engbot_redis_followups_total``: on the holder, or elsewhere).
+both in this process behind a redis-server of their own, each with KV cache room for every thread: ``--threads``
+threads start with a question about a document of about ``--doc-tokens`` tokens (the first turn: the whole prompt is
+read), then get two follow-ups each, one thread at a time (the holder has room) and then all threads at once.
+Measured where an adapter sees the events: time to first token of first turns and follow-ups, the share of the
+prompt read from cache, and where the follow-ups ran (the hosts' ``engbot_redis_followups_total``: on the holder, or
+elsewhere).
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ async def ask(submitter: RedisSubmitter, turns: tuple[Turn, ...]) -> tuple[Sampl
 
 async def scenario(server: RedisServer, prefix: str, hosts: int, threads: int, doc_tokens: int) -> Result:
     env = {"QUEUE_BACKEND": "redis", "REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix, "NUM_WORKERS": "1",
-           "NUM_THREADS": str(2 // hosts), "PARALLEL_SLOTS": str(threads), "REDIS_MAX_PENDING": "1000"}
+           "NUM_THREADS": str(2 // hosts), "PARALLEL_SLOTS": str(threads), "REDIS_MAX_PENDING": "1000",
+           # room in every host's cache for all the threads (a host holds them all when the other is full)
+           "KV_CACHE_TOKENS": str(max(4096, threads * 2 * doc_tokens))}
     running = [RedisHost(QueueSettings.from_environ(env), EngineSettings.from_environ(env)) for _ in range(hosts)]
     result = Result()
     try:
