@@ -47,6 +47,7 @@ from engine.config import EngineSettings
 from engine.types import Done, Failed, GenParams, Job, Started, TextPiece, Turn
 
 SYSTEM = "You are a helpful assistant."
+BUSY_SUFFIX = " + one CPU busy"
 NOTES_MARKER = "<!-- notes -->"
 # Distinct questions of similar length, each beginning differently, so no request reuses another's prompt
 # beyond the shared system prompt (llama-server keeps each slot's last prompt in its cache).
@@ -100,10 +101,12 @@ class Config:
 
     kind: Literal["engbot", "llama-server"]
     extra: tuple[str, ...]  # engbot: NAME=VALUE settings; llama-server: command-line arguments
+    busy: bool = False  # another program keeps one CPU busy while this configuration starts and answers
 
     @property
     def label(self) -> str:
-        return f"{self.kind} " + (" ".join(self.extra) if self.extra else "(defaults)")
+        return (f"{self.kind} " + (" ".join(self.extra) if self.extra else "(defaults)")
+                + (BUSY_SUFFIX if self.busy else ""))
 
     def environ(self) -> dict[str, str]:
         out = {}
@@ -115,16 +118,35 @@ class Config:
         return out
 
 
-def parse_configs(engbot: Sequence[str], llama: Sequence[str]) -> list[Config]:
-    """``--engbot "A=1 B=2"`` and ``--llama "-np 16"`` options to configurations (each checked once here)."""
+def parse_configs(engbot: Sequence[str], llama: Sequence[str], neighbour: bool = False) -> list[Config]:
+    """``--engbot "A=1 B=2"`` and ``--llama "-np 16"`` options to configurations (each checked once here); with
+    ``neighbour``, each also runs a second time beside a program that keeps one CPU busy."""
     configs = [Config("engbot", tuple(shlex.split(e))) for e in engbot]
     configs += [Config("llama-server", tuple(shlex.split(a))) for a in llama]
+    if neighbour:
+        configs += [Config(c.kind, c.extra, busy=True) for c in configs]
     for c in configs:
         if c.kind == "engbot":
             c.environ()
     if len({c.label for c in configs}) != len(configs):
         raise ValueError("a configuration is listed twice")
     return configs
+
+
+@contextlib.contextmanager
+def busy_neighbour(busy: bool) -> Any:
+    """Another program on the machine: a process that spins on one CPU (the scheduler picks which), started before
+    the configuration and stopped after its burst."""
+    if not busy:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)  # running, and seen in /proc/stat, before the configuration starts
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def engbot_settings(config: Config, max_concurrency: int) -> EngineSettings:
@@ -279,18 +301,22 @@ async def engbot_answer(engine: Any, prompt: str, params: GenParams) -> Answer:
     raise RuntimeError("engbot's event stream ended without Done")
 
 
-async def engbot_burst(settings: EngineSettings, prompts: list[str],
+async def engbot_burst(settings: EngineSettings, groups: list[list[str]],
                        tokens: int) -> tuple[list[Answer], float, tuple[float, ...]]:
-    """(answers, wall s, PSS MiB of the engine process and each replica after the burst) of a fresh engine."""
+    """(answers, wall s, PSS MiB of the engine process and each replica after the burst) of a fresh engine; each
+    group of prompts is submitted at once, the groups one after the other (wall: the sum of theirs)."""
     from engine.local import Engine
 
     async with Engine(settings) as engine:
         await asyncio.gather(*(engbot_answer(engine, p, gen_params(16)) for p in WARM_UP))
-        began = time.perf_counter()
-        answers = await asyncio.gather(*(engbot_answer(engine, p, gen_params(tokens)) for p in prompts))
-        wall = time.perf_counter() - began
+        answers: list[Answer] = []
+        wall = 0.0
+        for prompts in groups:
+            began = time.perf_counter()
+            answers += await asyncio.gather(*(engbot_answer(engine, p, gen_params(tokens)) for p in prompts))
+            wall += time.perf_counter() - began
         pids = [os.getpid(), *(r.pid for r in engine.replicas if r.pid and r.alive)]
-        return list(answers), wall, pss_mib(pids)
+        return answers, wall, pss_mib(pids)
 
 
 # ---------------------------------------------------------------- llama-server side
@@ -330,17 +356,20 @@ async def llama_answer(session: Any, url: str, prompt: str, tokens: int) -> Answ
     return Answer(first, seconds, completion, prompt_n, cached)
 
 
-async def llama_burst(server: llama_server.Server, prompts: list[str],
+async def llama_burst(server: llama_server.Server, groups: list[list[str]],
                       tokens: int) -> tuple[list[Answer], float, tuple[float, ...]]:
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         await asyncio.gather(*(llama_answer(session, server.url, p, 16) for p in WARM_UP))
-        began = time.perf_counter()
-        answers = await asyncio.gather(*(llama_answer(session, server.url, p, tokens) for p in prompts))
-        wall = time.perf_counter() - began
-        return list(answers), wall, pss_mib([server.proc.pid])
+        answers: list[Answer] = []
+        wall = 0.0
+        for prompts in groups:
+            began = time.perf_counter()
+            answers += await asyncio.gather(*(llama_answer(session, server.url, p, tokens) for p in prompts))
+            wall += time.perf_counter() - began
+        return answers, wall, pss_mib([server.proc.pid])
 
 
 # ---------------------------------------------------------------- the run
@@ -359,6 +388,7 @@ class Run:
     server_version: str = ""
     library_info: str = ""
     loads: list[float] = field(default_factory=list)
+    min_answers: int = 1  # per round, C and configuration: bursts of C one after the other until there are as many
 
 
 def engbot_reported(settings: EngineSettings) -> dict[str, str]:
@@ -366,9 +396,16 @@ def engbot_reported(settings: EngineSettings) -> dict[str, str]:
     return {f.name: str(getattr(settings, f.name)) for f in fields(settings) if f.name not in skip}
 
 
+def burst_groups(concurrency: int, round_no: int, min_answers: int) -> list[list[str]]:
+    """The prompt groups of one round at one C: enough bursts of C, one after the other, for ``min_answers``
+    answers (so a TTFT p95 at C=1 rests on more than one answer per round); all prompts distinct."""
+    repeats = max(1, math.ceil(min_answers / concurrency))
+    return [prompts_for(concurrency, round_no * repeats + k) for k in range(repeats)]
+
+
 async def run(configs: list[Config], concurrency: list[int], rounds: int, tokens: int, model: Path,
-              binary_build: llama_server.Build, logs: Path) -> Run:
-    result = Run(configs, concurrency, rounds, tokens, build=binary_build)
+              binary_build: llama_server.Build, logs: Path, min_answers: int = 1) -> Run:
+    result = Run(configs, concurrency, rounds, tokens, build=binary_build, min_answers=min_answers)
     threads = thread_budget()
     top = max(concurrency)
     for config in configs:
@@ -387,20 +424,21 @@ async def run(configs: list[Config], concurrency: list[int], rounds: int, tokens
     for round_no in range(rounds):
         order = configs if round_no % 2 == 0 else configs[::-1]
         for c in concurrency:
-            prompts = prompts_for(c, round_no)
+            groups = burst_groups(c, round_no, min_answers)
             for config in order:
                 load = os.getloadavg()[0]
                 result.loads.append(load)
-                if config.kind == "engbot":
-                    answers, wall, pss = await engbot_burst(engbot_settings(config, top), prompts, tokens)
-                else:
-                    log = logs / f"llama-server-{len(result.bursts)}.log"
-                    server = await asyncio.to_thread(llama_server.start, binary_build.binary, model,
-                                                     llama_args(config, threads), log)
-                    try:
-                        answers, wall, pss = await llama_burst(server, prompts, tokens)
-                    finally:
-                        await asyncio.to_thread(llama_server.stop, server)
+                with busy_neighbour(config.busy):
+                    if config.kind == "engbot":
+                        answers, wall, pss = await engbot_burst(engbot_settings(config, top), groups, tokens)
+                    else:
+                        log = logs / f"llama-server-{len(result.bursts)}.log"
+                        server = await asyncio.to_thread(llama_server.start, binary_build.binary, model,
+                                                         llama_args(config, threads), log)
+                        try:
+                            answers, wall, pss = await llama_burst(server, groups, tokens)
+                        finally:
+                            await asyncio.to_thread(llama_server.stop, server)
                 burst = Burst(config.label, c, round_no, answers, wall, pss, load)
                 result.bursts.append(burst)
                 print(f"round {round_no + 1}/{rounds} C={c} {config.label}: {burst.rate:.1f} tok/s, "
@@ -418,7 +456,7 @@ def ratio_rows(summaries: dict[tuple[str, int], Summary], configs: Sequence[Conf
     """engbot / llama-server per C: throughput ratio, TTFT p95 of both, and whether the target holds."""
     rows = []
     for e in (c for c in configs if c.kind == "engbot"):
-        for peer in (c for c in configs if c.kind == "llama-server"):
+        for peer in (c for c in configs if c.kind == "llama-server" and c.busy == e.busy):
             for c in concurrency:
                 mine, theirs = summaries.get((e.label, c)), summaries.get((peer.label, c))
                 if mine is None or theirs is None:
@@ -427,6 +465,21 @@ def ratio_rows(summaries: dict[tuple[str, int], Summary], configs: Sequence[Conf
                 met = "yes" if ratio >= 1.0 and mine.ttft_p95 <= theirs.ttft_p95 else "no"
                 rows.append(f"| {e.label} | {peer.label} | {c} | **{ratio:.2f}** | {mine.ttft_p95:.2f} | "
                             f"{theirs.ttft_p95:.2f} | {mine.pss_mib / theirs.pss_mib:.2f} | {met} |")
+    return rows
+
+
+def neighbour_rows(summaries: dict[tuple[str, int], Summary], configs: Sequence[Config],
+                   concurrency: Sequence[int]) -> list[str]:
+    """Per configuration and C: tok/s beside a busy CPU / tok/s on a quiet machine (the fall), and TTFT p95 of both."""
+    rows = []
+    for busy in (c for c in configs if c.busy):
+        quiet = Config(busy.kind, busy.extra)
+        for c in concurrency:
+            loud, calm = summaries.get((busy.label, c)), summaries.get((quiet.label, c))
+            if loud is None or calm is None:
+                continue
+            rows.append(f"| {quiet.label} | {c} | {calm.rate:.1f} | {loud.rate:.1f} | **{loud.rate / calm.rate:.2f}** "
+                        f"| {calm.ttft_p95:.2f} | {loud.ttft_p95:.2f} |")
     return rows
 
 
@@ -478,7 +531,10 @@ def report(result: Run, argv: Sequence[str], model: Path) -> list[str]:
         f"llama-cpp-python {result.library_info}; llama-server {server_cpu}.", "",
         f"Method: {result.rounds} round(s); in each round, for each C in {', '.join(map(str, result.concurrency))}, "
         "every configuration is started fresh, warmed up with 4 short answers, then gets C distinct chat questions "
-        "at once (same questions for every configuration of that round); configurations run back to back, in "
+        "at once (same questions for every configuration of that round)"
+        + (f", and again with new questions until it has answered {result.min_answers} (tok/s over the bursts' "
+           "summed wall time)" if result.min_answers > 1 else "")
+        + "; configurations run back to back, in "
         f"alternating order from round to round. Every answer is greedy and {result.tokens} tokens "
         "(end-of-text masked). System prompt \"" + SYSTEM + "\" on both sides. TTFT: submit -> first text, timed "
         "in the benchmark process for both sides (llama-server: streamed `/v1/chat/completions` over HTTP on "
@@ -512,6 +568,13 @@ def report(result: Run, argv: Sequence[str], model: Path) -> list[str]:
               "target met |",
               "|---|---|---|---|---|---|---|---|",
               *ratio_rows(summaries, result.configs, result.concurrency)]
+    falls = neighbour_rows(summaries, result.configs, result.concurrency)
+    if falls:
+        lines += ["", "## Beside a busy CPU", "",
+                  "Each configuration again, with another process spinning on one CPU from before it starts to the "
+                  "end of its burst. Target (issue 17): engbot's tok/s falls by no more than llama-server's.", "",
+                  "| configuration | C | tok/s, quiet | tok/s, one CPU busy | busy / quiet | TTFT p95 quiet s | "
+                  "TTFT p95 busy s |", "|---|---|---|---|---|---|---|", *falls]
     lines += ["", "## Settings", ""]
     for config in result.configs:
         reported = result.reported.get(config.label, {})
@@ -574,12 +637,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdist", type=Path, help="a local llama-cpp-python sdist instead of pip download")
     parser.add_argument("--llama-bin", type=Path, help="run this llama-server binary instead of building one "
                         "(e.g. a -DGGML_NATIVE=ON build, to compare builds)")
+    parser.add_argument("--min-answers", type=int, default=8,
+                        help="answers per round, C and configuration: bursts of C one after the other until there "
+                             "are this many (default 8; tok/s is over their summed wall time)")
+    parser.add_argument("--neighbour", action="store_true",
+                        help="run every configuration a second time beside a program keeping one CPU busy")
     parser.add_argument("--out", default="docs/bench-peers.md")
     args = parser.parse_args(argv)
     concurrency = [1, 4] if args.quick else [int(c) for c in args.concurrency.split(",")]
     rounds = 1 if args.quick else args.rounds
     configs = parse_configs(args.engbot if args.engbot is not None else [""],
-                            args.llama if args.llama is not None else ["", LLAMA_NP16])
+                            args.llama if args.llama is not None else ["", LLAMA_NP16], args.neighbour)
     model = EngineSettings.from_environ({}).model_path
     if args.llama_bin is not None:
         build = llama_server.Build(args.llama_bin.resolve(), llama_server.installed_version(), 0.0,
@@ -589,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"llama-server: {build.binary} ({f'built in {build.seconds:.0f} s' if build.seconds else 'cached'})",
           file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="engbot-peer-bench-") as tmp:
-        result = asyncio.run(run(configs, concurrency, rounds, args.tokens, model, build, Path(tmp)))
+        result = asyncio.run(run(configs, concurrency, rounds, args.tokens, model, build, Path(tmp),
+                                 1 if args.quick else args.min_answers))
     result.server_version = server_version(build.binary)
     result.library_info = library_system_info()
     lines = report(result, argv, model)

@@ -18,8 +18,10 @@ from bench.peer_bench import (
     Burst,
     Config,
     Run,
+    burst_groups,
     chat_request,
     llama_args,
+    neighbour_rows,
     observations,
     parse_configs,
     percentile,
@@ -74,6 +76,17 @@ def test_prompts_are_distinct_within_a_burst_and_shared_by_the_configurations_of
         prompts_for(len(PROMPTS) + 1, 0)
 
 
+def test_small_bursts_repeat_with_new_questions_until_a_round_has_enough_answers() -> None:
+    for c, bursts_of_c in ((1, 8), (4, 2), (8, 1), (16, 1)):
+        groups = burst_groups(c, 2, 8)
+        assert len(groups) == bursts_of_c and all(len(g) == c for g in groups)
+        questions = [q for g in groups for q in g]
+        assert len(set(questions)) == len(questions)
+        assert groups == burst_groups(c, 2, 8)  # the same for every configuration of the round
+    assert burst_groups(1, 0, 8) != burst_groups(1, 1, 8)
+    assert burst_groups(4, 0, 1) == [prompts_for(4, 0)]
+
+
 def test_llama_server_request_asks_for_exactly_n_greedy_tokens_streamed() -> None:
     body = chat_request("Why?", 128)
     assert body["max_tokens"] == 128 and body["ignore_eos"] is True and body["temperature"] == 0.0
@@ -124,6 +137,26 @@ def test_ratio_rows_compare_each_engbot_configuration_with_each_llama_server_one
     assert cells[:3] == ["engbot (defaults)", "llama-server (defaults)", "4"]
     assert cells[3] == "**0.50**"  # 128 / 256 tok/s
     assert cells[-1] == "no"
+
+
+def test_with_a_neighbour_each_configuration_runs_again_beside_a_busy_cpu_and_is_compared_with_its_peer_alike(
+) -> None:
+    configs = parse_configs([""], [""], neighbour=True)
+    assert [c.label for c in configs] == ["engbot (defaults)", "llama-server (defaults)",
+                                          "engbot (defaults) + one CPU busy", "llama-server (defaults) + one CPU busy"]
+    assert [c.busy for c in configs] == [False, False, True, True]
+    quiet_engbot, quiet_llama = bursts()[0], bursts()[3]  # 128 and 256 tok/s
+    loud = [Burst("engbot (defaults) + one CPU busy", 4, 0, [answer(0.4)] * 4, 8.0, (1.0,), 2.0),  # 64 tok/s
+            Burst("llama-server (defaults) + one CPU busy", 4, 0, [answer(0.8)] * 4, 16.0, (1.0,), 2.0)]  # 32
+    summaries = summarize([quiet_engbot, quiet_llama, *loud])
+    ratios = [[c.strip() for c in r.strip("|").split("|")] for r in ratio_rows(summaries, configs, [4])]
+    assert [(r[0], r[1], r[3]) for r in ratios] == [  # busy against busy, quiet against quiet
+        ("engbot (defaults)", "llama-server (defaults)", "**0.50**"),
+        ("engbot (defaults) + one CPU busy", "llama-server (defaults) + one CPU busy", "**2.00**")]
+    falls = [[c.strip() for c in r.strip("|").split("|")] for r in neighbour_rows(summaries, configs, [4])]
+    assert falls == [["engbot (defaults)", "4", "128.0", "64.0", "**0.50**", "0.39", "0.40"],
+                     ["llama-server (defaults)", "4", "256.0", "32.0", "**0.12**", "0.20", "0.80"]]
+    assert neighbour_rows(summaries, parse_configs([""], [""]), [4]) == []
 
 
 def test_observations_flag_short_answers_and_uneven_dispatch() -> None:
