@@ -3,8 +3,11 @@ prompt, and how soon does it get its first token? One host and two hosts, side b
 
     python -m bench.followup_bench [--threads 4] [--doc-tokens 1400] [--out docs/bench-followup.md]
 
-Scenario, for one ``engbot worker``-like host (NUM_THREADS=2) and for two (NUM_THREADS=1 each, the same 2 CPUs),
-both in this process behind a redis-server of their own, each with KV cache room for every thread: ``--threads``
+Writes ``--out``; anything after a ``<!-- notes -->`` line of an existing file is kept.
+
+Scenario, for one ``engbot worker``-like host (NUM_THREADS=2), for two with NUM_THREADS=1 each (the same 2 CPUs cut
+in halves), and for two with the default NUM_THREADS=auto each (each host's CPU watch leaves the other's share), all
+in this process behind a redis-server of their own, each with KV cache room for every thread: ``--threads``
 threads start with a question about a document of about ``--doc-tokens`` tokens (the first turn: the whole prompt is
 read), then get two follow-ups each, one thread at a time (the holder has room) and then all threads at once.
 Measured where an adapter sees the events: time to first token of first turns and follow-ups, the share of the
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from bench.engine_bench import machine, pct
 from bench.long_bench import document
+from bench.peer_bench import write
 from engine.config import EngineSettings, QueueSettings
 from engine.redis import RedisHost, RedisSubmitter
 from engine.types import Done, GenParams, Job, Started, TextPiece, Turn
@@ -66,9 +70,13 @@ async def ask(submitter: RedisSubmitter, turns: tuple[Turn, ...]) -> tuple[Sampl
     raise RuntimeError("a benchmark job failed")
 
 
-async def scenario(server: RedisServer, prefix: str, hosts: int, threads: int, doc_tokens: int) -> Result:
+SCENARIOS = ((1, "2"), (2, "1"), (2, "auto"))  # (hosts, NUM_THREADS of each)
+
+
+async def scenario(server: RedisServer, prefix: str, hosts: int, host_threads: str, threads: int,
+                   doc_tokens: int) -> Result:
     env = {"QUEUE_BACKEND": "redis", "REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix, "NUM_WORKERS": "1",
-           "NUM_THREADS": str(2 // hosts), "PARALLEL_SLOTS": str(threads), "REDIS_MAX_PENDING": "1000",
+           "NUM_THREADS": host_threads, "PARALLEL_SLOTS": str(threads), "REDIS_MAX_PENDING": "1000",
            # room in every host's cache for all the threads (a host holds them all when the other is full)
            "KV_CACHE_TOKENS": str(max(4096, threads * 2 * doc_tokens))}
     running = [RedisHost(QueueSettings.from_environ(env), EngineSettings.from_environ(env)) for _ in range(hosts)]
@@ -109,15 +117,15 @@ def row(name: str, samples: list[Sample]) -> str:
             f"{pct(ttft, 95):.2f} |")
 
 
-def report(results: dict[int, Result], threads: int, doc_tokens: int) -> list[str]:
+def report(results: dict[tuple[int, str], Result], threads: int, doc_tokens: int) -> list[str]:
     lines = ["# Follow-ups from cache behind Redis", "",
              f"`python -m bench.followup_bench --threads {threads} --doc-tokens {doc_tokens}`, "
              f"{time.strftime('%Y-%m-%d')}; {machine()}; the bundled model. Method: bench/followup_bench.py's "
              "docstring. Times are submit -> first text piece, seen where an adapter sees them.", ""]
-    for hosts, result in results.items():
+    for (hosts, host_threads), result in results.items():
         total = result.on_holder + result.elsewhere
         rate = result.on_holder / total if total else 0.0
-        lines += [f"## {hosts} host{'s' if hosts > 1 else ''} (NUM_THREADS={2 // hosts} each)", "",
+        lines += [f"## {hosts} host{'s' if hosts > 1 else ''} (NUM_THREADS={host_threads} each)", "",
                   f"Follow-ups on the host holding their thread: {result.on_holder:.0f} of {total:.0f} "
                   f"({rate:.0%}); elsewhere (the holder was full): {result.elsewhere:.0f}.", "",
                   "| jobs | n | prompt tokens (mean) | read from cache | TTFT p50 s | TTFT p95 s |",
@@ -129,14 +137,16 @@ def report(results: dict[int, Result], threads: int, doc_tokens: int) -> list[st
 
 
 async def main_async(threads: int, doc_tokens: int) -> str:
-    results: dict[int, Result] = {}
+    results: dict[tuple[int, str], Result] = {}
     with tempfile.TemporaryDirectory(prefix="engbot-followup-bench-") as tmp:
         server = RedisServer(Path(tmp) / "redis")
         server.start()
         try:
-            for hosts in (1, 2):
-                results[hosts] = await scenario(server, f"bench{hosts}:", hosts, threads, doc_tokens)
-                print(f"{hosts} host(s): done, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+            for n, (hosts, host_threads) in enumerate(SCENARIOS):
+                results[hosts, host_threads] = await scenario(server, f"bench{n}:", hosts, host_threads, threads,
+                                                              doc_tokens)
+                print(f"{hosts} host(s), NUM_THREADS={host_threads}: done, load {os.getloadavg()[0]:.1f}",
+                      file=sys.stderr)
         finally:
             server.stop()
     return "\n".join(report(results, threads, doc_tokens))
@@ -149,7 +159,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/bench-followup.md"))
     args = parser.parse_args()
     text = asyncio.run(main_async(args.threads, args.doc_tokens))
-    args.out.write_text(text + "\n", encoding="utf-8")
+    write(args.out, [text])  # keeps what follows a "<!-- notes -->" line
     print(text)
 
 
