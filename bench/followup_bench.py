@@ -5,14 +5,14 @@ prompt, and how soon does it get its first token? One host and two hosts, side b
 
 Writes ``--out``; anything after a ``<!-- notes -->`` line of an existing file is kept.
 
-Scenario, for one ``engbot worker``-like host (NUM_THREADS=2), for two with NUM_THREADS=1 each (the same 2 CPUs cut
-in halves), and for two with the default NUM_THREADS=auto each (each host's CPU watch leaves the other's share), all
-in this process behind a redis-server of their own, each with KV cache room for every thread: ``--threads``
-threads start with a question about a document of about ``--doc-tokens`` tokens (the first turn: the whole prompt is
-read), then get two follow-ups each, one thread at a time (the holder has room) and then all threads at once.
-Measured where an adapter sees the events: time to first token of first turns and follow-ups, the share of the
-prompt read from cache, and where the follow-ups ran (the hosts' ``engbot_redis_followups_total``: on the holder, or
-elsewhere).
+Scenario, for one ``engbot worker``-like host (NUM_THREADS=2), for one with NUM_THREADS=1, for two with NUM_THREADS=1
+each (the same 2 CPUs cut in halves: compare with one host on one thread), and for two with the default NUM_THREADS=auto
+each (each host's CPU watch leaves the other's share), all in this process behind a redis-server of their own, each with
+KV cache room for every thread: ``--threads`` threads start with a question about a document of about ``--doc-tokens``
+tokens (the first turn: the whole prompt is read), then get two follow-ups each, one thread at a time (the holder has
+room) and then all threads at once. Measured where an adapter sees the events: time to first token of first turns and
+follow-ups, the share of the prompt read from cache, and where the follow-ups ran (the hosts'
+``engbot_redis_followups_total``: on the holder, or elsewhere).
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ async def ask(submitter: RedisSubmitter, turns: tuple[Turn, ...]) -> tuple[Sampl
     raise RuntimeError("a benchmark job failed")
 
 
-SCENARIOS = ((1, "2"), (2, "1"), (2, "auto"))  # (hosts, NUM_THREADS of each)
+# (hosts, NUM_THREADS of each); one host on one thread is what each of two one-thread hosts has: the difference is
+# the cost of the routing
+SCENARIOS = ((1, "2"), (1, "1"), (2, "1"), (2, "auto"))
 
 
 async def scenario(server: RedisServer, prefix: str, hosts: int, host_threads: str, threads: int,
