@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.engine_bench import machine, pct
 from bench.long_bench import document
-from bench.peer_bench import write
+from bench.peer_report import write
 from engine.config import EngineSettings, QueueSettings
 from engine.redis import RedisHost, RedisSubmitter
 from engine.types import Done, GenParams, Job, Started, TextPiece, Turn

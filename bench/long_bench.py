@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import llama_server
-from bench.peer_bench import SYSTEM, thread_budget
+from bench.peer_bench import thread_budget
+from bench.peer_model import SYSTEM
 from engine.config import EngineSettings
 from engine.types import GenParams, Job, TextPiece, Turn
 

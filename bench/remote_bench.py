@@ -43,7 +43,7 @@ from typing import Any
 
 import openai
 
-from bench.peer_bench import PROMPTS, SYSTEM, WARM_UP, percentile
+from bench.peer_model import PROMPTS, SYSTEM, WARM_UP, percentile
 from engine.config import EngineSettings, default_model_path
 from engine.remote import RemoteSettings, RemoteSubmitter
 from engine.remote.request import messages, sampling

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.engine_bench import machine
-from bench.peer_bench import write
+from bench.peer_report import write
 from engine.config import EngineSettings
 
 ANSWER_PROMPT = 120

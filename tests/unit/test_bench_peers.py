@@ -1,5 +1,6 @@
-"""The pure parts of the engbot vs llama-server benchmark (bench/peer_bench.py, bench/llama_server.py): parsing
-configurations, aggregation and percentiles, the report. No server is built or started here, and nothing is timed."""
+"""The pure parts of the engbot vs llama-server benchmark (bench/peer_model.py, peer_report.py, peer_bench.py,
+bench/llama_server.py): parsing configurations, aggregation and percentiles, the report. No server is built or
+started here, and nothing is timed."""
 
 from __future__ import annotations
 
@@ -11,26 +12,20 @@ from pathlib import Path
 import pytest
 
 from bench import llama_server
-from bench.peer_bench import (
-    NOTES_MARKER,
+from bench.peer_bench import chat_request, llama_args
+from bench.peer_model import (
     PROMPTS,
     Answer,
     Burst,
     Config,
     Run,
     burst_groups,
-    chat_request,
-    llama_args,
-    neighbour_rows,
-    observations,
     parse_configs,
     percentile,
     prompts_for,
-    ratio_rows,
-    report,
     summarize,
-    write,
 )
+from bench.peer_report import NOTES_MARKER, neighbour_rows, observations, ratio_rows, report, write
 
 
 def test_percentile_interpolates_between_ranks_like_statistics_quantiles() -> None:
