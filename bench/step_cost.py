@@ -15,13 +15,14 @@ numbers. Writes ``--out``; anything after a ``<!-- notes -->`` line of an existi
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.engine_bench import machine
+from bench.kv_layout import load_model
 from bench.peer_report import write
 from engine.config import EngineSettings
 
@@ -43,24 +44,22 @@ class Read:
 class Context:
     """A llama.cpp context as engbot's batched replica sets it up, with a batch to fill by hand."""
 
-    def __init__(self, model: object, threads: int) -> None:
+    def __init__(self, model: Any, threads: int) -> None:
         import llama_cpp
+        from llama_cpp import _internals as internals
 
-        self.lib = llama_cpp
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 8192, 1024, 512, 16
         params.n_threads = params.n_threads_batch = threads
         params.kv_unified = True
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        self.ctx = llama_cpp.llama_init_from_model(model, params)
-        if not self.ctx:
-            raise RuntimeError("llama.cpp could not make a context")
-        self.batch = llama_cpp.llama_batch_init(1024, 0, 1)
+        self.ctx = internals.LlamaContext(model=model, params=params, verbose=False)
+        self.batch = internals.LlamaBatch(n_tokens=1024, embd=0, n_seq_max=1, verbose=False)
         self.pos = [0] * 16
 
     def step(self, items: list[tuple[int, int]]) -> float:
         """Decode ``(sequence, tokens)`` items as one batch (logits for each item's last token); wall time, s."""
-        b, n = self.batch, 0
+        b, n = self.batch.batch, 0
         for seq, count in items:
             for i in range(count):
                 b.token[n], b.pos[n], b.n_seq_id[n] = 100 + (self.pos[seq] + i) % 1000, self.pos[seq] + i, 1
@@ -69,16 +68,15 @@ class Context:
             self.pos[seq] += count
         b.n_tokens = n
         began = time.perf_counter()
-        if self.lib.llama_decode(self.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed")
+        self.ctx.decode(self.batch)
         return time.perf_counter() - began
 
     def close(self) -> None:
-        self.lib.llama_batch_free(self.batch)
-        self.lib.llama_free(self.ctx)
+        self.batch.close()
+        self.ctx.close()
 
 
-def read_document(model: object, threads: int, mode: str, chunk: int, answers: int, doc_tokens: int) -> Read:
+def read_document(model: Any, threads: int, mode: str, chunk: int, answers: int, doc_tokens: int) -> Read:
     ctx = Context(model, threads)
     try:
         streaming = answers if mode != "alone" else 0
@@ -120,16 +118,10 @@ def main() -> None:
     parser.add_argument("--chunks", default="32,64,128,256,512")
     parser.add_argument("--out", type=Path, default=Path("docs/bench-steps.md"))
     args = parser.parse_args()
-    import llama_cpp
-
     where = machine()  # the load average before the run
     settings = EngineSettings.from_environ({})
     threads = settings.num_threads
-    llama_cpp.llama_backend_init()
-    quiet = llama_cpp.llama_log_callback(lambda *_: None)  # kept referenced while llama.cpp may call it
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
-    model = llama_cpp.llama_model_load_from_file(str(settings.model_path).encode(),
-                                                 llama_cpp.llama_model_default_params())
+    model = load_model(settings.model_path)
     reads = []
     for chunk in (int(c) for c in args.chunks.split(",")):
         for mode in ("alone", "one batch", "two calls"):
@@ -137,7 +129,7 @@ def main() -> None:
             r = reads[-1]
             print(f"{mode}, chunk {chunk}: {r.seconds:.1f} s, longest step {r.worst_step * 1000:.0f} ms "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
-    llama_cpp.llama_model_free(model)
+    model.close()
     lines = report(reads, args.answers, args.doc_tokens, threads, where)
     write(args.out, lines)
     print("\n".join(lines))
