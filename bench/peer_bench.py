@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,19 @@ async def engbot_answer(engine: Any, prompt: str, params: GenParams) -> Answer:
     raise RuntimeError("engbot's event stream ended without Done")
 
 
+async def timed_groups(groups: list[list[str]],
+                       answer: Callable[[str], Awaitable[Answer]]) -> tuple[list[Answer], float]:
+    """Each group of prompts submitted at once, the groups one after the other: all the answers, and the groups'
+    summed wall time (the warm-up and start-up between them are not counted)."""
+    answers: list[Answer] = []
+    wall = 0.0
+    for prompts in groups:
+        began = time.perf_counter()
+        answers += await asyncio.gather(*(answer(p) for p in prompts))
+        wall += time.perf_counter() - began
+    return answers, wall
+
+
 async def engbot_burst(settings: EngineSettings, groups: list[list[str]],
                        tokens: int) -> tuple[list[Answer], float, tuple[float, ...]]:
     """(answers, wall s, PSS MiB of the engine process and each replica after the burst) of a fresh engine; each
@@ -129,12 +142,7 @@ async def engbot_burst(settings: EngineSettings, groups: list[list[str]],
 
     async with Engine(settings) as engine:
         await asyncio.gather(*(engbot_answer(engine, p, gen_params(16)) for p in WARM_UP))
-        answers: list[Answer] = []
-        wall = 0.0
-        for prompts in groups:
-            began = time.perf_counter()
-            answers += await asyncio.gather(*(engbot_answer(engine, p, gen_params(tokens)) for p in prompts))
-            wall += time.perf_counter() - began
+        answers, wall = await timed_groups(groups, lambda p: engbot_answer(engine, p, gen_params(tokens)))
         pids = [os.getpid(), *(r.pid for r in engine.replicas if r.pid and r.alive)]
         return answers, wall, pss_mib(pids)
 
@@ -183,12 +191,7 @@ async def llama_burst(server: llama_server.Server, groups: list[list[str]],
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         await asyncio.gather(*(llama_answer(session, server.url, p, 16) for p in WARM_UP))
-        answers: list[Answer] = []
-        wall = 0.0
-        for prompts in groups:
-            began = time.perf_counter()
-            answers += await asyncio.gather(*(llama_answer(session, server.url, p, tokens) for p in prompts))
-            wall += time.perf_counter() - began
+        answers, wall = await timed_groups(groups, lambda p: llama_answer(session, server.url, p, tokens))
         return answers, wall, pss_mib([server.proc.pid])
 
 
