@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -44,20 +44,20 @@ from engine.types import Done, Failed, GenParams, Job, Started, TextPiece, Turn
 # ---------------------------------------------------------------- configurations
 
 
-@contextlib.contextmanager
-def busy_neighbour(busy: bool) -> Any:
+@contextlib.asynccontextmanager
+async def busy_neighbour(busy: bool) -> AsyncIterator[None]:
     """Another program on the machine: a process that spins on one CPU (the scheduler picks which), started before
     the configuration and stopped after its burst."""
     if not busy:
         yield
         return
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    spinner = await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
     try:
-        time.sleep(1.0)  # running, and seen in /proc/stat, before the configuration starts
+        await asyncio.sleep(1.0)  # running, and seen in /proc/stat, before the configuration starts
         yield
     finally:
         spinner.kill()
-        spinner.wait()
+        await spinner.wait()
 
 
 def engbot_settings(config: Config, max_concurrency: int) -> EngineSettings:
@@ -228,7 +228,7 @@ async def run(configs: list[Config], concurrency: list[int], rounds: int, tokens
             for config in order:
                 load = os.getloadavg()[0]
                 result.loads.append(load)
-                with busy_neighbour(config.busy):
+                async with busy_neighbour(config.busy):
                     if config.kind == "engbot":
                         answers, wall, pss = await engbot_burst(engbot_settings(config, top), groups, tokens)
                     else:
