@@ -111,6 +111,7 @@ class Affinity:
         are deleted."""
         if not entries:
             return []
+        self._room = None  # each pass took one off this host's room key: say it again, even if the count is the same
         with contextlib.suppress(RedisError):
             async with self._redis.pipeline(transaction=False) as pipe:
                 ids = [entry_id for entry_id, _ in entries]

@@ -134,6 +134,34 @@ async def test_a_job_aimed_at_a_holder_with_room_is_passed_to_it_and_kept_when_i
         await redis.aclose()
 
 
+async def test_a_holder_says_its_room_again_after_a_pass_took_one_off_it(redis_server: RedisServer) -> None:
+    # a pass decrements the holder's room key; the holder's count may be the same at its next say (a job ended as
+    # the passed one arrived), and the key must still show its real room, or follow-ups run elsewhere
+    keys = Keys("again:")
+    environ = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": keys.prefix}
+    submitter = RedisSubmitter(QueueSettings.from_environ(environ))
+    await submitter.start()
+    redis = Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        holder, reader = (Affinity(redis, keys, name, room_ttl_s=5) for name in ("holder-1", "reader-1"))
+        await holder.open()
+        job = Job.ask(QUESTIONS[0], params=GREEDY)
+        await redis.set(keys.holder(conversation_key(job)), "holder-1")
+        await holder.say_room(1)
+        handle = await submitter.submit(job)
+        read = await redis.xreadgroup(keys.group, "reader-1", {keys.jobs: ">"}, count=1)
+        assert await reader.sort(keys.group, read[0][1]) == []  # passed on
+        assert await redis.get(keys.room("holder-1")) == "0"
+        inbox = await redis.xreadgroup(keys.group, "holder-1", {holder.inbox: ">"})
+        assert len(await holder.received(inbox[0][1])) == 1
+        await holder.say_room(1)
+        assert await redis.get(keys.room("holder-1")) == "1"
+        handle.cancel()
+    finally:
+        await submitter.stop(grace_s=0)
+        await redis.aclose()
+
+
 async def test_follow_ups_go_to_the_host_holding_their_thread_and_read_it_from_cache(
         cluster: tuple[HostFactory, RedisSubmitter, Keys], redis_server: RedisServer) -> None:
     host, submitter, keys = cluster
